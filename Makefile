@@ -1,0 +1,30 @@
+# Two entry points: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned: a bare `torch` would pull a multi-GB CUDA build.
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e ".[test]"
+	@if $(PIP) list 2>/dev/null | grep -qiE '^(nvidia-|triton )'; then \
+		echo "error: CUDA packages were pulled into $(VENV); pin $(TORCH_PIN) first" >&2; exit 1; fi
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dmmd.demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs/demo

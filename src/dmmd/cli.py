@@ -1,0 +1,231 @@
+"""The `dmmd` command line: train, sample, calibrate. A thin layer over the library.
+
+Mistakes in the user's input end in a one-line `error: ...` on stderr and exit code 2
+(pass --debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON config (presets live in configs/); "
+                   "defaults are used for keys it leaves out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.steps=500 (repeatable; checked against the "
+                        "key's type; run `dmmd train --dry-run` to see every key)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmmd", description="Diffusion MMD gradient flow (DMMD): train a "
+                                     "noise-conditional MMD discriminator and generate by its gradient flow.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a discriminator (Algorithm 1) into a run folder",
+                       description="Train DMMD's discriminator. Writes RUN/config.json, RUN/log.txt, "
+                       "RUN/metrics.jsonl and RUN/checkpoints/, with RUN/latest naming the newest checkpoint.")
+    _add_config_args(t)
+    t.add_argument("--out", metavar="DIR", help="run folder (default: runs/NNNNN-<data>-<method>)")
+    t.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint "
+                   "(its config.json is used; --set may change train.steps)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate samples (Algorithm 2) from a checkpoint",
+                       description="Move particles from noise along the trained MMD gradient flow. Writes "
+                       "OUT/samples.npz (array 'samples', in data space), OUT/samples.png (an image grid or a "
+                       "scatter plot) and OUT/diversity.json.")
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run folder")
+    s.add_argument("--sampler", choices=("exact", "approx", "kale"),
+                   help="exact: interacting particles, any kernel; approx: independent particles, linear kernel; "
+                        "kale: ascend the KALE critic (default: the checkpoint's sample.sampler)")
+    s.add_argument("--num-samples", type=int, default=100, help="number of samples (default 100)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed; sample i depends only on (seed, i) for the "
+                   "approx and kale samplers (default 0)")
+    s.add_argument("--batch-size", type=int, default=4096, help="particles moved together by the approx and "
+                   "kale samplers (the exact sampler moves all of them as one population)")
+    s.add_argument("--out", metavar="DIR", help="output folder (default: RUN/samples-<sampler>-seed<seed>)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sample.* setting, e.g. --set sample.step_size=0.05")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("calibrate", help="store level statistics and a mean-field replay for sampler settings",
+                       description="Compute, from the training data, what the approx sampler needs for the given "
+                       "sample.* settings (level mean features; the replay trajectory of reading (c)) and store it "
+                       "in the checkpoint.")
+    c.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run folder")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="sample.* settings to calibrate for, e.g. --set sample.num_levels=20")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _next_run_dir(cfg) -> Path:
+    root = Path("runs")
+    numbers = [int(p.name.split("-")[0]) for p in root.glob("[0-9]" * 5 + "-*")] if root.is_dir() else []
+    return root / f"{max(numbers, default=0) + 1:05d}-{cfg.data.name}-{cfg.method}"
+
+
+def cmd_train(args) -> int:
+    from . import config
+    from .data.datasets import load_dataset
+    from .training import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise config.ConfigError(f"{run_dir} is not a run folder (no config.json); pass the folder `dmmd train` wrote")
+        cfg = config.load(run_dir / "config.json", args.overrides)
+    else:
+        cfg = config.load(args.config, args.overrides)
+        if args.seed is not None:
+            config.set_value(cfg, "seed", args.seed)
+    if args.dry_run:
+        print(config.to_json(cfg))
+        return 0
+    if not args.resume:
+        run_dir = Path(args.out) if args.out else _next_run_dir(cfg)
+        if (run_dir / "config.json").exists():
+            raise config.ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
+    data = load_dataset(cfg.data, cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"run folder: {run_dir}")
+    train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print)
+    return 0
+
+
+def _sample_config(args, cfg):
+    from . import config
+
+    for item in args.overrides:
+        key = item.partition("=")[0].strip()
+        if not key.startswith("sample."):
+            raise config.ConfigError(f"only sample.* keys can be changed at sampling time, got {key!r}")
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        config.set_value(cfg, key.strip(), value.strip())
+    if getattr(args, "sampler", None):
+        cfg.sample.sampler = args.sampler
+    config.validate(cfg)
+    return cfg
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from .checkpoint import atomic_write_bytes, atomic_write_text
+    from .config import ConfigError
+    from .data.datasets import DataError, load_dataset, to_data_space
+    from .pipeline import build_process, load_model, sample
+    from .plotting import save_samples_picture
+    from .report import sample_report
+
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ConfigError("--num-samples and --batch-size must be >= 1")
+    cfg, disc, stats, payload = load_model(args.checkpoint)
+    cfg = _sample_config(args, cfg)
+    if cfg.sample.sampler == "exact" and args.num_samples < 2:
+        raise ConfigError("the exact sampler moves a population: --num-samples must be >= 2")
+    shape = tuple(payload["data_shape"])
+    process = build_process(cfg.process)
+    data = None
+    try:
+        data = load_dataset(cfg.data, cfg.seed)
+    except DataError as err:
+        if cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
+            raise
+        print(f"note: training data unavailable ({err}); diversity diagnostics skipped", file=sys.stderr)
+    reference = None
+    if data is not None and cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
+        reference = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[
+            : cfg.sample.num_reference]]
+    run = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
+    out = Path(args.out) if args.out else run / f"samples-{cfg.sample.sampler}-seed{args.seed}"
+    started = time.time()
+    batch = args.num_samples if cfg.sample.sampler == "exact" else args.batch_size
+    chunks = []
+    with tqdm(total=cfg.sample.num_levels * cfg.sample.steps_per_level * -(-args.num_samples // batch),
+              desc="sample", disable=args.no_progress, dynamic_ncols=True) as bar:
+        for start in range(0, args.num_samples, batch):
+            n = min(batch, args.num_samples - start)
+            chunks.append(sample(disc, cfg, stats, process, shape, n, args.seed, reference, start=start, progress=bar))
+    z = torch.cat(chunks)
+    elapsed = time.time() - started
+    if not torch.isfinite(z).all():
+        print("warning: some samples are not finite; lower sample.step_size", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = to_data_space(cfg.data.name, z).numpy()
+
+    def write_npz(fh):
+        np.savez(fh, samples=samples)
+
+    atomic_write_bytes(out / "samples.npz", write_npz)
+    picture = out / "samples.png"
+    kind = data.kind if data is not None else ("image" if len(shape) == 3 else "points")
+    save_samples_picture(picture, z.numpy(), kind, data.test.numpy() if data is not None and kind == "points" else None,
+                         title=f"{cfg.sample.sampler} sampler, {len(z)} samples")
+    report = {"sampler": cfg.sample.sampler, "settings": cfg.sample.__dict__, "num_samples": len(z),
+              "seconds": round(elapsed, 3), "nfe": cfg.sample.num_levels * cfg.sample.steps_per_level}
+    if data is not None:
+        report["diversity"] = sample_report(z, data)
+    atomic_write_text(out / "diversity.json", json.dumps(report, indent=2) + "\n")
+    print(f"{len(z)} samples in {elapsed:.1f} s -> {out / 'samples.npz'}")
+    print(f"picture: {picture}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from . import checkpoint as ckpt
+    from .data.datasets import load_dataset
+    from .pipeline import build_process, calibrate, flow_settings, load_model
+
+    cfg, disc, stats, payload = load_model(args.checkpoint)
+    cfg = _sample_config(args, cfg)
+    data = load_dataset(cfg.data, cfg.seed)
+    settings = flow_settings(cfg.sample)
+    with tqdm(total=settings.num_steps, desc="calibrate", disable=args.no_progress) as bar:
+        payload["stats"] = calibrate(disc, cfg, data.train, build_process(cfg.process), stats, settings, bar)
+    path = ckpt.resolve(args.checkpoint)
+    payload["config"] = json.dumps(payload["config"])
+    ckpt.save(path, {k: v for k, v in payload.items() if k not in ("format", "version")})
+    print(f"stored statistics for {settings.tag()} in {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.datasets import DataError
+    from .data.files import DataError as FileDataError
+    from .pipeline import SamplerMismatch
+    from .training import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "sample": cmd_sample, "calibrate": cmd_calibrate}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, FileDataError, CheckpointError, SamplerMismatch, TrainingDiverged) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

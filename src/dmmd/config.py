@@ -1,0 +1,262 @@
+"""Typed configuration: dataclasses, TOML/JSON files as data, checked `section.key=value` overrides.
+
+Every open choice of the method (SPEC) is a field here, never a constant in the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message says how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | eight_gaussians | two_moons | checkerboard | swiss_roll | mnist | cifar10 | folder
+    root: str = ""  # folder holding the files, for file-backed data sets
+    num_points: int = 20000  # toy sets: points drawn for training
+    image_size: int = 64  # image folders: output size
+    flip: bool = False  # random horizontal flips (image data sets)
+
+
+@dataclass
+class ProcessConfig:
+    kind: str = "vp"  # vp | blur
+    schedule: str = "linear"  # VP schedule: linear | cosine
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    t_max: float = 1.0
+    blur_max_width: float = 4.0
+    blur_noise_std: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mlp"  # mlp | unet
+    feature_dim: int = 128
+    width: int = 256  # mlp hidden width
+    depth: int = 3  # mlp residual blocks
+    time_dim: int = 128
+    base_channels: int = 32  # unet
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    head: str = "flatten"  # unet feature head: flatten | pool
+    kernel: str = "linear"  # linear | rbf | rq
+    rq_dot_weight: float = 0.0
+    init_width: float = 1.0  # rbf: initial width sigma(t)
+    objective: str = "mmd"  # mmd | kale
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 128
+    num_levels: int = 2  # N_n noise levels per step
+    lambda_gp: float = 1.0
+    lambda_l2: float = 0.1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2  # keep the last K periodic checkpoints (the final one is always kept)
+    on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (keep the last good checkpoint) | skip the step
+    device: str = "cpu"  # cpu | cuda | cuda:N
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "approx"  # exact | approx | kale
+    reading: str = "replay"  # approx particle term: own | data_noised | replay (SPEC 5 (a), (b), (c))
+    num_levels: int = 10  # T
+    steps_per_level: int = 10  # N_s
+    step_size: float = 0.1  # eta
+    grid: str = "uniform"  # uniform | log_sigma
+    inject: float = 0.1  # c_inj: gradient taken at z + c_inj sigma_t u (0 = off)
+    renoise: float = 0.0  # c_re: c_re sigma_t N(0, I) added after each level but the last (0 = off)
+    leave_one_out: bool = False  # exact sampler: drop a particle's own term
+    chunk_size: int = 1024  # particles per forward/backward chunk (bounds memory)
+    num_reference: int = 2000  # exact sampler, non-linear kernels: data points used as reference
+    replay_particles: int = 2000  # population of the exact run that reading (c) replays
+
+
+@dataclass
+class Config:
+    method: str = "dmmd"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+CHOICES = {
+    "method": ("dmmd",),
+    "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "folder"),
+    "process.kind": ("vp", "blur"),
+    "process.schedule": ("linear", "cosine"),
+    "model.backbone": ("mlp", "unet"),
+    "model.head": ("flatten", "pool"),
+    "model.kernel": ("linear", "rbf", "rq"),
+    "model.objective": ("mmd", "kale"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "sample.sampler": ("exact", "approx", "kale"),
+    "sample.reading": ("own", "data_noised", "replay"),
+    "sample.grid": ("uniform", "log_sigma"),
+}
+POSITIVE = {"data.num_points", "data.image_size", "model.feature_dim", "model.width", "model.depth",
+            "model.time_dim", "model.base_channels", "model.num_res_blocks", "model.init_width",
+            "train.steps", "train.batch_size", "train.num_levels", "train.lr", "train.log_every",
+            "train.checkpoint_every", "train.keep_checkpoints", "sample.num_levels", "sample.steps_per_level", "sample.step_size",
+            "sample.chunk_size", "sample.num_reference", "sample.replay_particles", "process.beta_max",
+            "process.beta_min", "process.blur_max_width"}
+NON_NEGATIVE = {"train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
+                "model.rq_dot_weight", "process.blur_noise_std", "seed"}
+UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
+
+
+def _sections(cfg: Config):
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            for g in dataclasses.fields(value):
+                yield f"{f.name}.{g.name}", value, g
+        else:
+            yield f.name, cfg, f
+
+
+def valid_keys() -> list[str]:
+    return [key for key, _, _ in _sections(Config())]
+
+
+def _coerce(key: str, value, annotation: str):
+    """Convert value (from TOML, JSON or a `--set` string) to the field's declared type."""
+    kind = str(annotation)
+    from_text = isinstance(value, str) and kind != "str"
+    try:
+        if kind == "bool":
+            if from_text:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "int":
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if kind == "list[int]":
+            if from_text:
+                value = json.loads(value if value.strip().startswith("[") else f"[{value}]")
+            if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                raise ValueError
+            return [int(v) for v in value]
+    except (ValueError, TypeError, json.JSONDecodeError):
+        pass
+    raise ConfigError(f"{key} must be of type {kind}, got {value!r}")
+
+
+def set_value(cfg: Config, key: str, value) -> None:
+    fields = {k: (obj, f) for k, obj, f in _sections(cfg)}
+    if key not in fields:
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(fields)}")
+    obj, f = fields[key]
+    setattr(obj, f.name, _coerce(key, value, f.type))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def from_dict(tree: dict) -> Config:
+    cfg = Config()
+    for key, value in _flatten(tree).items():
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the file (TOML or JSON), then `key=value` overrides; validated."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        try:
+            tree = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {err}") from None
+    cfg = Config()
+    for key, value in _flatten(tree).items():
+        set_value(cfg, key, value)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        set_value(cfg, key.strip(), value.strip())
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for key, obj, f in _sections(cfg):
+        value = getattr(obj, f.name)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+        if key in POSITIVE and not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+        if key in NON_NEGATIVE and not value >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+        if key in UNIT_INTERVAL and not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    p = cfg.process
+    if not 0 <= p.t_min < p.t_max <= 1:
+        raise ConfigError(f"need 0 <= process.t_min < process.t_max <= 1, got {p.t_min} and {p.t_max}")
+    if p.beta_min > p.beta_max:
+        raise ConfigError(f"process.beta_min ({p.beta_min}) must not exceed process.beta_max ({p.beta_max})")
+    if cfg.train.batch_size < 2:
+        raise ConfigError("train.batch_size must be >= 2 (the unbiased MMD needs two samples per set)")
+    if cfg.model.objective == "kale" and cfg.sample.sampler != "kale":
+        raise ConfigError("model.objective = 'kale' needs sample.sampler = 'kale'")
+    if cfg.sample.sampler == "approx" and cfg.model.kernel != "linear":
+        raise ConfigError(f"sample.sampler = 'approx' needs model.kernel = 'linear' (got {cfg.model.kernel!r}); "
+                          "use sample.sampler = 'exact'")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2)

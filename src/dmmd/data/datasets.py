@@ -1,0 +1,100 @@
+"""Data sets as tensors scaled for the model, with a fixed train/test split.
+
+The embedded default is scikit-learn's handwritten digits (1797 images of 8x8, pixel values
+0..16, shipped inside the scikit-learn wheel: no download). Pixels are scaled to [-1, 1] here,
+in the data layer; the split is a fixed permutation (seed 0): 1500 train, 297 test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from .toys import TOYS
+
+DIGITS_TRAIN = 1500
+
+
+class DataError(ValueError):
+    """Missing, malformed or unusable data; the message names the problem."""
+
+
+@dataclass
+class Dataset:
+    train: Tensor  # (N, *shape), float32, model scale
+    test: Tensor
+    kind: str  # "points" (2-D or vectors) or "image"
+    name: str
+    labels_train: Tensor | None = None
+    labels_test: Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+
+def to_data_space(name: str, x: Tensor) -> Tensor:
+    """Undo the data layer's scaling: digits back to 0..16, image files to 0..255, toys as they are."""
+    if name == "digits":
+        return (x + 1.0) * 8.0
+    if name in TOYS:
+        return x
+    return (x + 1.0) * 127.5
+
+
+def check_finite(x: Tensor, what: str) -> Tensor:
+    if x.numel() == 0:
+        raise DataError(f"{what} is empty")
+    if not torch.isfinite(x).all():
+        raise DataError(f"{what} contains NaN or Inf values")
+    return x
+
+
+def load_digits() -> Dataset:
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32)) / 8.0 - 1.0  # 0..16 -> [-1, 1]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    perm = torch.from_numpy(np.random.RandomState(0).permutation(len(images)))
+    images, labels = images[perm].unsqueeze(1), labels[perm]  # (N, 1, 8, 8)
+    return Dataset(images[:DIGITS_TRAIN], images[DIGITS_TRAIN:], "image", "digits",
+                   labels[:DIGITS_TRAIN], labels[DIGITS_TRAIN:])
+
+
+def load_toy(name: str, num_points: int, seed: int = 0) -> Dataset:
+    gen = torch.Generator().manual_seed(seed)
+    train = TOYS[name](num_points, gen)
+    test = TOYS[name](max(2000, num_points // 10), gen)
+    return Dataset(train, test, "points", name)
+
+
+def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """The data set a config names, scaled and split, on the CPU."""
+    if cfg.name == "digits":
+        data = load_digits()
+    elif cfg.name in TOYS:
+        data = load_toy(cfg.name, cfg.num_points, seed)
+    else:
+        data = _load_files(cfg)
+    check_finite(data.train, f"training data {cfg.name!r}")
+    return data
+
+
+def _load_files(cfg: DataConfig) -> Dataset:
+    if not cfg.root:
+        raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder")
+    from . import files
+
+    try:
+        if cfg.name == "mnist":
+            return Dataset(files.load_mnist(cfg.root, "train"), files.load_mnist(cfg.root, "test"), "image", "mnist")
+        if cfg.name == "cifar10":
+            return Dataset(files.load_cifar10(cfg.root, "train"), files.load_cifar10(cfg.root, "test"), "image", "cifar10")
+    except files.DataError as err:
+        raise DataError(str(err)) from None
+    raise DataError(f"data set {cfg.name!r} streams from a folder; in-memory loading supports digits, toys, mnist, cifar10")

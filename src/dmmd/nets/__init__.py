@@ -1,0 +1,1 @@
+"""Feature backbones phi(x, t): they return features and know nothing of kernels."""

@@ -1,0 +1,149 @@
+"""Glue between config, trained discriminator and samplers: build, calibrate, sample.
+
+Calibration computes what the samplers need from the training data once, so that sampling with
+the linear kernel needs no data: per grid level the mean features of clean data (mu_data(t)) and
+of data noised to that level (reading (b)), and, for reading (c), the particle means of one exact
+run of a large population (mean-field replay), tagged with the sampler settings they were made with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import Config, ProcessConfig, SampleConfig
+from .discriminator import Discriminator
+from .noising import BlurProcess, Process, VPProcess, time_grid
+from .sampling import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
+
+REPLAY_SEED = 2**31 - 1  # the replay population's seed: far from users' sampling seeds
+
+
+class SamplerMismatch(ValueError):
+    """The checkpoint holds no statistics for the requested sampler settings."""
+
+
+def build_process(cfg: ProcessConfig) -> Process:
+    if cfg.kind == "blur":
+        return BlurProcess(cfg.blur_max_width, cfg.blur_noise_std, t_min=cfg.t_min, t_max=cfg.t_max)
+    return VPProcess(cfg.schedule, cfg.beta_min, cfg.beta_max, t_min=cfg.t_min, t_max=cfg.t_max)
+
+
+def flow_settings(cfg: SampleConfig) -> FlowSettings:
+    return FlowSettings(cfg.num_levels, cfg.steps_per_level, cfg.step_size, cfg.grid, cfg.inject,
+                        cfg.renoise, cfg.leave_one_out, cfg.chunk_size)
+
+
+def grid_tag(settings: FlowSettings) -> str:
+    return f"T={settings.num_levels},grid={settings.grid}"
+
+
+@torch.no_grad()
+def level_statistics(disc: Discriminator, train: Tensor, process: Process, settings: FlowSettings,
+                     seed: int = 0, batch_size: int = 1024) -> dict:
+    """mu_data(t_k) and the mean features of data noised to t_k, for every grid level."""
+    grid = time_grid(process, settings.num_levels, settings.grid)
+    gen = torch.Generator(device=train.device).manual_seed(seed)
+    data_mean = level_features(disc, train, grid, batch_size)
+    noised = [disc.features(process.corrupt(train, t, generator=gen), t).mean(0) for t in grid.tolist()]
+    return {"grid": grid_tag(settings), "data_mean": data_mean, "noised_mean": torch.stack(noised)}
+
+
+def replay_trajectory(disc: Discriminator, process: Process, settings: FlowSettings, data_mean: Tensor,
+                      shape: tuple[int, ...], num_particles: int, progress=None) -> Tensor:
+    """Reading (c): the particle mean feature of every step of one exact linear run, (T N_s, D)."""
+    grid = time_grid(process, settings.num_levels, settings.grid)
+    device = data_mean.device
+    noise = ParticleNoise(REPLAY_SEED, num_particles, shape, device=device)
+    z0 = noise.prior(process)
+    big_chunk = FlowSettings(**{**settings.__dict__, "chunk_size": max(settings.chunk_size, num_particles)})
+    _, means = exact_flow(disc, z0, grid, big_chunk, process, data_mean, noise, record_means=True, progress=progress)
+    return means
+
+
+def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process, stats: dict | None = None,
+              settings: FlowSettings | None = None, progress=None) -> dict:
+    """Level statistics (if the grid changed) and, for the linear kernel, a replay for `settings`."""
+    settings = settings or flow_settings(cfg.sample)
+    stats = dict(stats or {})
+    if disc.objective == "kale":
+        return stats
+    if stats.get("grid") != grid_tag(settings):
+        stats.update(level_statistics(disc, train, process, settings, cfg.seed))
+    if disc.kernel_name == "linear":
+        replays = dict(stats.get("replay", {}))
+        replays[settings.tag()] = replay_trajectory(disc, process, settings, stats["data_mean"], tuple(train.shape[1:]),
+                                                    cfg.sample.replay_particles, progress)
+        stats["replay"] = replays
+    return stats
+
+
+def _need(stats: dict, settings: FlowSettings, what: str) -> None:
+    if stats.get("grid") != grid_tag(settings):
+        raise SamplerMismatch(f"the checkpoint has no {what} for {grid_tag(settings)} (it has {stats.get('grid')}); "
+                              "make them with `dmmd calibrate --checkpoint RUN ...` using the same sampler settings")
+
+
+def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shape: tuple[int, ...],
+           num_samples: int, seed: int, reference: Tensor | None = None, start: int = 0,
+           device: str | torch.device = "cpu", progress=None) -> Tensor:
+    """Draw num_samples particles with the sampler named in cfg.sample (in model space)."""
+    s = cfg.sample
+    settings = flow_settings(s)
+    grid = time_grid(process, settings.num_levels, settings.grid)
+    noise = ParticleNoise(seed, num_samples, shape, start=start, device=device)
+    z0 = noise.prior(process)
+    if s.sampler == "kale":
+        if disc.objective != "kale":
+            raise SamplerMismatch("the kale sampler needs a model trained with model.objective = 'kale'")
+        return kale_flow(disc, z0, grid, settings, process, noise, progress)
+    if disc.objective == "kale":
+        raise SamplerMismatch("this checkpoint was trained with the KALE objective: use --sampler kale")
+    if s.sampler == "approx":
+        if disc.kernel_name != "linear":
+            raise SamplerMismatch(f"--sampler approx needs the linear kernel; this checkpoint uses "
+                                  f"{disc.kernel_name!r}: use --sampler exact")
+        _need(stats, settings, "level statistics")
+        if s.reading == "own":
+            return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], None, noise=noise, progress=progress)
+        if s.reading == "data_noised":
+            return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], stats["noised_mean"],
+                               noise=noise, progress=progress)
+        replay = stats.get("replay", {}).get(settings.tag())
+        if replay is None:
+            raise SamplerMismatch(f"the checkpoint has no replay trajectory for {settings.tag()} "
+                                  f"(it has: {', '.join(stats.get('replay', {})) or 'none'}); make one with "
+                                  "`dmmd calibrate --checkpoint RUN` and the same --set sample.* options")
+        return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], replay, per_step=True,
+                           noise=noise, progress=progress)
+    if disc.kernel_name == "linear":
+        _need(stats, settings, "level statistics")
+        ref = stats["data_mean"]
+    else:
+        if reference is None:
+            raise SamplerMismatch("the exact sampler with a non-linear kernel needs reference data")
+        ref = level_features(disc, reference, grid, reduce_mean=False)
+    out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress)
+    return out
+
+
+def load_model(path, device: str | torch.device = "cpu"):
+    """(config, EMA discriminator in eval mode, stats, raw payload) from a checkpoint or run folder."""
+    from . import checkpoint as ckpt
+    from .config import from_dict, ConfigError
+    from .discriminator import build_discriminator
+
+    payload = ckpt.load(path, map_location=device)
+    try:
+        cfg = from_dict(payload["config"])
+    except (ConfigError, TypeError, KeyError) as err:
+        raise ckpt.CheckpointError(f"checkpoint config is not valid for this dmmd: {err}") from None
+    shape = tuple(payload.get("data_shape") or ())
+    disc = build_discriminator(cfg.model, shape).to(device)
+    prefix = "module."
+    try:
+        disc.load_state_dict({k[len(prefix):]: v for k, v in payload["ema"].items() if k.startswith(prefix)})
+    except (KeyError, RuntimeError) as err:
+        raise ckpt.CheckpointError(f"checkpoint weights do not match its config: {str(err).splitlines()[0]}") from None
+    disc.eval().requires_grad_(False)
+    return cfg, disc, payload.get("stats") or {}, payload

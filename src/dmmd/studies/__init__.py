@@ -1,0 +1,1 @@
+"""Studies that reproduce and explain the paper's figures."""

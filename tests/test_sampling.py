@@ -1,0 +1,152 @@
+"""Samplers against float64 references: one exact step is the Wasserstein gradient of MMD^2/2."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from conftest import small_disc
+from dmmd import divergences as dv
+from dmmd.noising import VPProcess
+from dmmd.sampling import (FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features,
+                           run_flow, mean_term)
+
+PROCESS = VPProcess()
+
+
+def _reference_step(disc, z, x, t, eta):
+    """z - eta * (N / 2) * grad_z MMD2_biased(phi(z, t), phi(x, t)), by autograd."""
+    z = z.clone().requires_grad_(True)
+    kernel = disc.kernel(t)
+    a, b = disc.features(z, t), disc.features(x, t)
+    mmd2 = dv.mmd2(kernel, a, b, unbiased=False)
+    (grad,) = torch.autograd.grad(mmd2, z)
+    return (z - eta * z.shape[0] / 2 * grad).detach()
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf", "rq"])
+@pytest.mark.parametrize("chunk", [64, 3])
+def test_exact_step_is_mmd_gradient(kernel, chunk):
+    disc = small_disc(kernel)
+    gen = torch.Generator().manual_seed(1)
+    z, x = torch.randn(7, 2, generator=gen, dtype=torch.float64), torch.randn(11, 2, generator=gen, dtype=torch.float64)
+    t = 0.3
+    grid = torch.tensor([t], dtype=torch.float64)
+    reference = level_features(disc, x, grid, reduce_mean=kernel == "linear")
+    s = FlowSettings(num_levels=1, steps_per_level=1, step_size=0.37, chunk_size=chunk)
+    out, _ = exact_flow(disc, z, grid, s, PROCESS, reference)
+    expected = _reference_step(disc, z, x, t, 0.37)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+def test_exact_step_leave_one_out_linear_matches_loop():
+    disc = small_disc("linear")
+    gen = torch.Generator().manual_seed(2)
+    z, x = torch.randn(6, 2, generator=gen, dtype=torch.float64), torch.randn(9, 2, generator=gen, dtype=torch.float64)
+    t, eta = 0.5, 0.2
+    grid = torch.tensor([t], dtype=torch.float64)
+    s = FlowSettings(1, 1, eta, leave_one_out=True, chunk_size=4)
+    out, _ = exact_flow(disc, z, grid, s, PROCESS, level_features(disc, x, grid))
+    with torch.no_grad():
+        mu_x, pz = disc.features(x, t).mean(0), disc.features(z, t)
+    for i in range(6):
+        others = torch.cat([pz[:i], pz[i + 1:]]).mean(0)
+        zi = z[i:i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((disc.features(zi, t) @ (mu_x - others)).sum(), zi)
+        torch.testing.assert_close(out[i], z[i] + eta * g[0], rtol=0, atol=1e-12)
+
+
+def test_exact_records_particle_means_and_replay_reproduces_it():
+    """Reading (c) driven by the exact run's own means moves each particle as the exact run did."""
+    disc = small_disc("linear")
+    z = ParticleNoise(3, 40, (2,), dtype=torch.float64).prior(PROCESS)
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grid = torch.tensor([0.8, 0.4, 0.1], dtype=torch.float64)
+    s = FlowSettings(3, 4, 0.3, chunk_size=1000)
+    mu = level_features(disc, x, grid)
+    out, means = exact_flow(disc, z, grid, s, PROCESS, mu, record_means=True)
+    assert means.shape == (12, disc.feature_dim)
+    replay = approx_flow(disc, z, grid, s, PROCESS, mu, means, per_step=True)
+    torch.testing.assert_close(replay, out, rtol=0, atol=1e-10)
+
+
+def test_approx_own_reading_is_gradient_of_feature_distance():
+    disc = small_disc("linear")
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    mu = torch.randn(1, disc.feature_dim, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    grid = torch.tensor([0.25], dtype=torch.float64)
+    out = approx_flow(disc, z, grid, FlowSettings(1, 1, 0.1), PROCESS, mu, None)
+    zr = z.clone().requires_grad_(True)
+    loss = -0.5 * (mu[0] - disc.features(zr, 0.25)).pow(2).sum()
+    (g,) = torch.autograd.grad(loss, zr)
+    torch.testing.assert_close(out, z + 0.1 * g, rtol=0, atol=1e-12)
+
+
+def test_approx_data_noised_reading_uses_level_mean():
+    disc = small_disc("linear")
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    g = torch.Generator().manual_seed(8)
+    mu, m = torch.randn(2, disc.feature_dim, generator=g, dtype=torch.float64), torch.randn(2, disc.feature_dim, generator=g, dtype=torch.float64)
+    grid = torch.tensor([0.6, 0.2], dtype=torch.float64)
+    out = approx_flow(disc, z, grid, FlowSettings(2, 1, 0.1), PROCESS, mu, m)
+    ref = z.clone()
+    for k, t in enumerate(grid.tolist()):
+        zr = ref.clone().requires_grad_(True)
+        (gr,) = torch.autograd.grad((disc.features(zr, t) @ (mu[k] - m[k])).sum(), zr)
+        ref = ref + 0.1 * gr
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_kale_flow_ascends_critic():
+    disc = small_disc("linear", objective="kale")
+    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    grid = torch.tensor([0.5], dtype=torch.float64)
+    out = kale_flow(disc, z, grid, FlowSettings(1, 1, 0.05), PROCESS)
+    zr = z.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(disc.critic_value(disc.features(zr, 0.5)).sum(), zr)
+    torch.testing.assert_close(out, z + 0.05 * g, rtol=0, atol=1e-12)
+
+
+def test_noise_in_flow_is_seeded_and_per_particle():
+    """Injection and re-noising are reproducible, and particle i's path ignores its batch."""
+    disc = small_disc("linear", dtype=torch.float32)
+    grid = torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
+    mu = torch.randn(3, disc.feature_dim, generator=torch.Generator().manual_seed(1))
+    s = FlowSettings(3, 3, 0.1, inject=0.3, renoise=0.2)
+
+    def draw(start, n):
+        noise = ParticleNoise(11, n, (2,), start=start)
+        return approx_flow(disc, noise.prior(PROCESS), grid, s, PROCESS, mu, None, noise=noise)
+
+    full = draw(0, 20)
+    torch.testing.assert_close(draw(0, 20), full, rtol=0, atol=0)
+    torch.testing.assert_close(draw(13, 1)[0], full[13], rtol=0, atol=1e-6)
+    torch.testing.assert_close(draw(5, 7), full[5:12], rtol=0, atol=1e-6)
+    plain = approx_flow(disc, ParticleNoise(11, 20, (2,)).prior(PROCESS), grid, FlowSettings(3, 3, 0.1), PROCESS, mu, None)
+    assert (plain - full).abs().max() > 1e-3  # the noise does something
+
+
+def test_noise_needs_a_source():
+    disc = small_disc("linear")
+    with pytest.raises(ValueError, match="ParticleNoise"):
+        run_flow(disc, torch.zeros(3, 2, dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64),
+                 FlowSettings(1, 1, 0.1, inject=0.1), PROCESS, mean_term(torch.zeros(1, 5, dtype=torch.float64), None))
+
+
+def test_approx_refuses_nonlinear_kernel():
+    disc = small_disc("rbf")
+    with pytest.raises(ValueError, match="linear kernel"):
+        approx_flow(disc, torch.zeros(2, 2, dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64),
+                    FlowSettings(1, 1, 0.1), PROCESS, torch.zeros(1, 5, dtype=torch.float64))
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(2, 9), m=st.integers(2, 9), chunk=st.integers(1, 10))
+def test_exact_chunking_does_not_change_result(n, m, chunk):
+    disc = small_disc("rq")
+    gen = torch.Generator().manual_seed(n * 31 + m)
+    z, x = torch.randn(n, 2, generator=gen, dtype=torch.float64), torch.randn(m, 2, generator=gen, dtype=torch.float64)
+    grid = torch.tensor([0.7, 0.2], dtype=torch.float64)
+    ref = level_features(disc, x, grid, reduce_mean=False)
+    a, _ = exact_flow(disc, z, grid, FlowSettings(2, 2, 0.1, chunk_size=chunk), PROCESS, ref)
+    b, _ = exact_flow(disc, z, grid, FlowSettings(2, 2, 0.1, chunk_size=100), PROCESS, ref)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
