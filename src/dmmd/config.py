@@ -64,7 +64,7 @@ class TrainConfig:
     lambda_gp: float = 1.0
     lambda_l2: float = 0.1
     lr: float = 2e-4
-    beta1: float = 0.5
+    beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 1.0
     ema_decay: float = 0.999
