@@ -85,7 +85,7 @@ CASES = {
     "future version": (["sample", "--checkpoint", "{root}/future.pt"], "format version 99"),
     "code-running checkpoint": (["sample", "--checkpoint", "{root}/evil.pt"], "refused by the safe loader"),
     "approx on rbf": (["sample", "--checkpoint", "{root}/rbf", "--sampler", "approx"], "approx.*linear"),
-    "kale on mmd": (["sample", "--checkpoint", "{root}/run", "--sampler", "kale"], "needs model.objective = 'kale'"),
+    "kale on mmd": (["sample", "--checkpoint", "{root}/run", "--sampler", "kale"], "trained with model.objective = 'kale'"),
     "zero samples": (["sample", "--checkpoint", "{root}/run", "--num-samples", "0"], "--num-samples"),
     "one exact particle": (["sample", "--checkpoint", "{root}/run", "--sampler", "exact", "--num-samples", "1"], "population"),
     "train key at sampling": (["sample", "--checkpoint", "{root}/run", "--set", "train.steps=3"], "only sample.\\* keys"),

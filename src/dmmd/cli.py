@@ -127,7 +127,7 @@ def cmd_sample(args) -> int:
     from .checkpoint import atomic_write_bytes, atomic_write_text
     from .config import ConfigError
     from .data.datasets import DataError, load_dataset, to_data_space
-    from .pipeline import build_process, load_model, sample
+    from .pipeline import build_process, check_sampler, load_model, sample
     from .plotting import save_samples_picture
     from .report import sample_report
 
@@ -150,6 +150,7 @@ def cmd_sample(args) -> int:
     if data is not None and cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
         reference = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[
             : cfg.sample.num_reference]]
+    check_sampler(disc, cfg, stats, reference)
     run = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
     out = Path(args.out) if args.out else run / f"samples-{cfg.sample.sampler}-seed{args.seed}"
     started = time.time()

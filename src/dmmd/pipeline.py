@@ -78,50 +78,50 @@ def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process,
     return stats
 
 
-def _need(stats: dict, settings: FlowSettings, what: str) -> None:
-    if stats.get("grid") != grid_tag(settings):
-        raise SamplerMismatch(f"the checkpoint has no {what} for {grid_tag(settings)} (it has {stats.get('grid')}); "
-                              "make them with `dmmd calibrate --checkpoint RUN ...` using the same sampler settings")
+def check_sampler(disc: Discriminator, cfg: Config, stats: dict, reference: Tensor | None = None) -> None:
+    """Raise SamplerMismatch when cfg.sample's sampler cannot run on this model and its statistics."""
+    s, settings = cfg.sample, flow_settings(cfg.sample)
+    if s.sampler == "kale" and disc.objective != "kale":
+        raise SamplerMismatch("the kale sampler needs a model trained with model.objective = 'kale'")
+    if s.sampler != "kale" and disc.objective == "kale":
+        raise SamplerMismatch("this checkpoint was trained with the KALE objective: use --sampler kale")
+    if s.sampler == "approx" and disc.kernel_name != "linear":
+        raise SamplerMismatch(f"--sampler approx needs the linear kernel; this checkpoint uses "
+                              f"{disc.kernel_name!r}: use --sampler exact")
+    if s.sampler == "kale":
+        return
+    if disc.kernel_name == "linear" and stats.get("grid") != grid_tag(settings):
+        raise SamplerMismatch(f"the checkpoint has no level statistics for {grid_tag(settings)} (it has "
+                              f"{stats.get('grid')}); make them with `dmmd calibrate --checkpoint RUN` and the "
+                              "same --set sample.* options")
+    if s.sampler == "approx" and s.reading == "replay" and settings.tag() not in stats.get("replay", {}):
+        raise SamplerMismatch(f"the checkpoint has no replay trajectory for {settings.tag()} "
+                              f"(it has: {', '.join(stats.get('replay', {})) or 'none'}); make one with "
+                              "`dmmd calibrate --checkpoint RUN` and the same --set sample.* options")
+    if s.sampler == "exact" and disc.kernel_name != "linear" and reference is None:
+        raise SamplerMismatch("the exact sampler with a non-linear kernel needs reference data (data.* in the config)")
 
 
 def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shape: tuple[int, ...],
            num_samples: int, seed: int, reference: Tensor | None = None, start: int = 0,
            device: str | torch.device = "cpu", progress=None) -> Tensor:
     """Draw num_samples particles with the sampler named in cfg.sample (in model space)."""
-    s = cfg.sample
-    settings = flow_settings(s)
+    check_sampler(disc, cfg, stats, reference)
+    s, settings = cfg.sample, flow_settings(cfg.sample)
     grid = time_grid(process, settings.num_levels, settings.grid)
     noise = ParticleNoise(seed, num_samples, shape, start=start, device=device)
     z0 = noise.prior(process)
     if s.sampler == "kale":
-        if disc.objective != "kale":
-            raise SamplerMismatch("the kale sampler needs a model trained with model.objective = 'kale'")
         return kale_flow(disc, z0, grid, settings, process, noise, progress)
-    if disc.objective == "kale":
-        raise SamplerMismatch("this checkpoint was trained with the KALE objective: use --sampler kale")
     if s.sampler == "approx":
-        if disc.kernel_name != "linear":
-            raise SamplerMismatch(f"--sampler approx needs the linear kernel; this checkpoint uses "
-                                  f"{disc.kernel_name!r}: use --sampler exact")
-        _need(stats, settings, "level statistics")
-        if s.reading == "own":
-            return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], None, noise=noise, progress=progress)
-        if s.reading == "data_noised":
-            return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], stats["noised_mean"],
-                               noise=noise, progress=progress)
-        replay = stats.get("replay", {}).get(settings.tag())
-        if replay is None:
-            raise SamplerMismatch(f"the checkpoint has no replay trajectory for {settings.tag()} "
-                                  f"(it has: {', '.join(stats.get('replay', {})) or 'none'}); make one with "
-                                  "`dmmd calibrate --checkpoint RUN` and the same --set sample.* options")
-        return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], replay, per_step=True,
-                           noise=noise, progress=progress)
+        particle_term = {"own": None, "data_noised": stats["noised_mean"]}.get(s.reading)
+        if s.reading == "replay":
+            particle_term = stats["replay"][settings.tag()]
+        return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], particle_term,
+                           per_step=s.reading == "replay", noise=noise, progress=progress)
     if disc.kernel_name == "linear":
-        _need(stats, settings, "level statistics")
         ref = stats["data_mean"]
     else:
-        if reference is None:
-            raise SamplerMismatch("the exact sampler with a non-linear kernel needs reference data")
         ref = level_features(disc, reference, grid, reduce_mean=False)
     out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress)
     return out
