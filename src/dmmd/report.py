@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .data.datasets import Dataset
 from .data.toys import EIGHT_GAUSSIANS_STD, eight_gaussians_centres
-from .evaluation.diversity import diversity_report, median_nn_distance, mode_report
+from .data.toys import EIGHT_GAUSSIANS_RADIUS
+from .evaluation.diversity import distinct_share, diversity_report, median_nn_distance, mode_report
 
 
 @lru_cache(maxsize=1)
@@ -42,6 +43,19 @@ def class_report(samples: Tensor, heldout: Tensor) -> dict:
     return {"class_shares": [round(float(s), 4) for s in shares],
             "min_class_share": float(shares.min()), "max_class_share": float(shares.max()),
             "confidence": float(probs.max(1).mean()), "confidence_heldout": float(held.max(1).mean())}
+
+
+def eight_gaussians_scores(z: Tensor) -> dict:
+    """The issue-8 criteria: share within 3 data std of a mode centre, each mode's share, distinct
+    share at a thousandth of the radius, within-mode std over the data's (pass: >= 0.9, 8-17%,
+    >= 0.95, 0.6-1.5)."""
+    modes = mode_report(z.double(), eight_gaussians_centres().double(), EIGHT_GAUSSIANS_STD, radius_in_std=3.0)
+    r = {"near": modes["near_share"], "min_mode": min(modes["mode_shares"]), "max_mode": max(modes["mode_shares"]),
+         "distinct": distinct_share(z.double(), EIGHT_GAUSSIANS_RADIUS / 1000),
+         "std_ratio": modes["within_mode_std_ratio"]}
+    r["pass"] = bool(r["near"] >= 0.9 and r["min_mode"] >= 0.08 and r["max_mode"] <= 0.17
+                     and r["distinct"] >= 0.95 and 0.6 <= r["std_ratio"] <= 1.5)
+    return r
 
 
 def sample_report(samples: Tensor, data: Dataset) -> dict:

@@ -149,9 +149,13 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     process = build_process(cfg.process)
     state = new_state(cfg, tuple(data.shape[1:]), device)
     log = RunLog(run_dir, echo)
-    if resume:
+    if resume and (run_dir / ckpt.LATEST).is_file():
+        for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a kill during a write
+            stale.unlink()
         restore_state(state, ckpt.load(run_dir, map_location=device))
         log.line(f"resumed at step {state.step}")
+    elif resume:
+        log.line("no checkpoint yet: starting from step 0")
     else:
         ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
         log.line(f"training {cfg.method} on {cfg.data.name}: {cfg.train.steps} steps, "
