@@ -36,13 +36,12 @@ def two_moons(n: int, generator: torch.Generator, noise: float = 0.05) -> Tensor
 
 
 def checkerboard(n: int, generator: torch.Generator) -> Tensor:
-    """Uniform on the dark squares of a 4x4 board on [-2, 2]^2."""
-    x1 = 4 * torch.rand(n, generator=generator) - 2
-    col = torch.floor(x1 + 2).long()
-    x2 = 2 * torch.rand(n, generator=generator) - 2 + 2 * torch.randint(0, 2, (n,), generator=generator)
-    x2 = x2 + (col % 2).float()  # shift odd columns by one square
-    x2 = torch.where(x2 >= 2, x2 - 4, x2)
-    return torch.stack([x1, x2], dim=1)
+    """Uniform on the 8 dark squares ((column + row) even) of a 4x4 board on [-2, 2]^2."""
+    cell = torch.randint(0, 8, (n,), generator=generator)
+    row = cell // 2
+    col = 2 * (cell % 2) + row % 2
+    u = torch.rand(n, 2, generator=generator)
+    return torch.stack([col + u[:, 0], row + u[:, 1]], dim=1) - 2.0
 
 
 def swiss_roll(n: int, generator: torch.Generator, noise: float = 0.05) -> Tensor:

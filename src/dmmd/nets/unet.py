@@ -44,16 +44,21 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, channels: int, heads: int = 1):
+    """Single-head self-attention over pixels, written out (not fused SDPA) because the gradient
+    penalty differentiates through it twice and fused CPU kernels have no double backward."""
+
+    def __init__(self, channels: int):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(channels), channels)
-        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        seq = self.norm(x).reshape(n, c, h * w).transpose(1, 2)
-        out, _ = self.attn(seq, seq, seq, need_weights=False)
-        return x + out.transpose(1, 2).reshape(n, c, h, w)
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).unbind(1)  # each (N, C, HW)
+        weights = torch.softmax(q.transpose(1, 2) @ k / c**0.5, dim=-1)  # (N, HW, HW)
+        out = (v @ weights.transpose(1, 2)).reshape(n, c, h, w)
+        return x + self.proj(out)
 
 
 class UNet(nn.Module):
@@ -107,7 +112,7 @@ class UNet(nn.Module):
         self.feature_dim = feature_dim if head == "pool" else out_channels * height * width
 
     @staticmethod
-    def _apply(block: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
+    def _run_block(block: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
         for layer in block:
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
@@ -117,14 +122,14 @@ class UNet(nn.Module):
         h = self.inp(x)
         skips = [h]
         for block in self.down:
-            h = self._apply(block, h, temb)
+            h = self._run_block(block, h, temb)
             skips.append(h)
-        h = self._apply(self.mid, h, temb)
+        h = self._run_block(self.mid, h, temb)
         for block in self.up:
             if isinstance(block[0], ResBlock):
-                h = self._apply(block, torch.cat([h, skips.pop()], dim=1), temb)
+                h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), temb)
             else:
-                h = self._apply(block, h, temb)
+                h = self._run_block(block, h, temb)
         if self.head == "pool":
             return self.pool_proj(nn.functional.silu(h).mean(dim=(2, 3)))
         h = self.out(h)

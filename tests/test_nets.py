@@ -1,0 +1,62 @@
+import io
+
+import pytest
+import torch
+
+from dmmd.nets.mlp import FeatureMLP, sinusoidal_embedding
+from dmmd.nets.unet import UNet
+
+
+def test_sinusoidal_embedding_shape_and_range():
+    e = sinusoidal_embedding(torch.linspace(0, 1, 7), 9)
+    assert e.shape == (7, 9) and e.abs().max() <= 1
+
+
+@pytest.mark.parametrize("head,dim", [("flatten", 3 * 16 * 16), ("pool", 24), ("epsilon", None)])
+def test_unet_heads(head, dim):
+    torch.manual_seed(0)
+    net = UNet((3, 16, 16), base_channels=8, channel_mults=(1, 2), attn_resolutions=(8,), head=head, feature_dim=24)
+    out = net(torch.randn(2, 3, 16, 16), torch.tensor([0.1, 0.9]))
+    assert out.shape == ((2, 3, 16, 16) if head == "epsilon" else (2, dim))
+    if dim:
+        assert net.feature_dim == dim
+
+
+def test_unet_supports_double_backward():
+    """The gradient penalty differentiates the input gradient again (attention included)."""
+    torch.manual_seed(0)
+    net = UNet((1, 8, 8), base_channels=4, channel_mults=(1, 2), attn_resolutions=(4,)).double()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(net(x, 0.5).sum(), x, create_graph=True)
+    g.norm().backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    # The final bias cannot move an input gradient; every attention and conv weight must.
+    assert grads["out.2.bias"] is None
+    assert all(g is not None for n, g in grads.items() if n.endswith("weight") and "out.2" not in n)
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "qkv.weight" in n)
+
+
+def test_unet_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="divisible"):
+        UNet((1, 10, 10), channel_mults=(1, 2, 2))
+
+
+@pytest.mark.parametrize("make", [lambda: FeatureMLP(6, 4, 8, 2, 8),
+                                  lambda: UNet((1, 8, 8), base_channels=4, channel_mults=(1, 2))])
+def test_save_reload_same_output(make):
+    torch.manual_seed(1)
+    net = make()
+    x = torch.randn(3, *((6,) if isinstance(net, FeatureMLP) else (1, 8, 8)))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    buf.seek(0)
+    other = make()
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(net(x, 0.3), other(x, 0.3))
+
+
+def test_time_conditioning_matters():
+    torch.manual_seed(2)
+    net = FeatureMLP(2, 4, 16, 2, 16)
+    x = torch.randn(5, 2)
+    assert not torch.allclose(net(x, 0.1), net(x, 0.9))

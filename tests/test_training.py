@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from dmmd import config
+from dmmd.pipeline import build_process
+from dmmd.training import TrainingDiverged, new_state, train_step
+
+ARGS = ["data.name=eight_gaussians", "model.width=8", "model.feature_dim=4", "model.time_dim=8", "model.depth=1",
+        "train.batch_size=8"]
+
+
+def _setup(*extra):
+    cfg = config.load(None, [*ARGS, *extra])
+    return cfg, new_state(cfg, (2,)), build_process(cfg.process)
+
+
+def test_train_step_moves_weights_and_ema():
+    cfg, state, process = _setup()
+    data = torch.randn(64, 2)
+    before = [p.detach().clone() for p in state.disc.parameters()]
+    record = train_step(state, data, process, cfg)
+    assert state.step == 1 and {"loss", "mmd2", "gp", "l2", "grad_norm"} <= record.keys()
+    assert any(not torch.equal(a, b) for a, b in zip(before, state.disc.parameters()))
+    # AveragedModel copies on its first update; the second uses weight 1 - min(0.999, 2/11) = 9/11.
+    for e, p in zip(state.ema.module.parameters(), state.disc.parameters()):
+        assert torch.equal(e, p)
+    first = [p.detach().clone() for p in state.disc.parameters()]
+    train_step(state, data, process, cfg)
+    for e, p, b in zip(state.ema.module.parameters(), state.disc.parameters(), first):
+        torch.testing.assert_close(e, b + 9 / 11 * (p - b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", ["data", "gradient"])
+def test_nonfinite_stops_with_step_and_term(bad, monkeypatch):
+    cfg, state, process = _setup()
+    data = torch.randn(64, 2)
+    train_step(state, data, process, cfg)
+    if bad == "data":
+        data = data.clone()
+        data[:] = float("nan")
+        match = "non-finite (mmd2|gp|l2) at step 2"
+    else:
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("inf")))
+        match = "non-finite gradient at step 2"
+    with pytest.raises(TrainingDiverged, match=match):
+        train_step(state, data, process, cfg)
+
+
+def test_nonfinite_skip_leaves_weights():
+    cfg, state, process = _setup("train.on_nonfinite=skip")
+    data = torch.full((64, 2), float("nan"))
+    before = [p.detach().clone() for p in state.disc.parameters()]
+    assert "skipped" in train_step(state, data, process, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(before, state.disc.parameters()))
+    assert state.step == 1
