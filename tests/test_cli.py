@@ -90,3 +90,14 @@ def test_calibrate_then_sample_other_settings(run_dir, tmp_path):
     assert main(["calibrate", "--checkpoint", str(copy), "--no-progress", *args]) == 0
     assert main(["sample", "--checkpoint", str(copy), "--sampler", "approx", "--num-samples", "5",
                  "--out", str(tmp_path / "s2"), "--no-progress", *args]) == 0
+
+
+@pytest.mark.parametrize("extra", [["--set", "model.objective=kale", "--set", "sample.sampler=kale"],
+                                   ["--set", "model.kernel=rq", "--set", "sample.sampler=exact"],
+                                   ["--set", "process.schedule=cosine"]])
+def test_variants_train_and_sample(tmp_path, extra):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, *extra, "--out", str(run), "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(run), "--num-samples", "8", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    assert np.isfinite(np.load(tmp_path / "s" / "samples.npz")["samples"]).all()

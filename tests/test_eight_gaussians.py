@@ -1,11 +1,13 @@
-"""A shortened 8-Gaussians run of the shipped preset: both samplers reach every mode, with diversity.
+"""A shortened 8-Gaussians check of the shipped preset: both samplers reach every mode, with diversity.
 
-The full check (1500 steps, 2000 samples, seeds 0-2, issue thresholds) is
-benchmarks/toy_acceptance.py; this one trains fewer steps and uses looser bounds, measured with
-the settings below (see the figures in docs/sampling.md).
+The full check (2000 samples, seeds 0-2) is benchmarks/toy_acceptance.py. This one trains the
+preset as shipped (600 steps reach the radius but not the modes, so training is not shortened; it
+takes about 2.5 minutes on 2 cores) and checks 1000 samples of one seed against the issue's
+thresholds.
 """
 
 import pytest
+import torch
 
 from dmmd import config
 from dmmd.data.datasets import load_dataset
@@ -13,14 +15,16 @@ from dmmd.pipeline import build_process, sample
 from dmmd.report import eight_gaussians_scores
 from dmmd.training import train
 
-STEPS = 600
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    cfg = config.load("configs/eight_gaussians.toml", [f"train.steps={STEPS}", "sample.replay_particles=1000"])
-    data = load_dataset(cfg.data, cfg.seed)
-    state = train(cfg, data.train, tmp_path_factory.mktemp("g8"), progress=False)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # the only long test: use both cores
+    try:
+        cfg = config.load("configs/eight_gaussians.toml", ["sample.replay_particles=1000"])
+        data = load_dataset(cfg.data, cfg.seed)
+        state = train(cfg, data.train, tmp_path_factory.mktemp("g8"), progress=False)
+    finally:
+        torch.set_num_threads(old)
     return cfg, state
 
 
@@ -31,10 +35,10 @@ def test_short_run_reaches_every_mode_without_collapse(trained, sampler):
     cfg.sample.sampler = sampler
     z = sample(state.ema.module, cfg, state.stats, build_process(cfg.process), (2,), 1000, seed=0)
     r = eight_gaussians_scores(z)
-    assert r["near"] >= NEAR_MIN, r
-    assert 0.06 <= r["min_mode"] and r["max_mode"] <= 0.19, r
-    assert r["distinct"] >= 0.9, r
-    assert 0.5 <= r["std_ratio"] <= 1.8, r
+    assert r["near"] >= 0.9, r
+    assert 0.08 <= r["min_mode"] and r["max_mode"] <= 0.17, r
+    assert r["distinct"] >= 0.95, r
+    assert 0.6 <= r["std_ratio"] <= 1.5, r
 
 
 @pytest.mark.slow
@@ -44,4 +48,4 @@ def test_collapse_is_flagged_without_noise(trained):
     cfg.sample.sampler, cfg.sample.reading = "approx", "data_noised"
     cfg.sample.inject = cfg.sample.renoise = 0.0
     z = sample(state.ema.module, cfg, state.stats, build_process(cfg.process), (2,), 1000, seed=0)
-    assert eight_gaussians_scores(z)["distinct"] < DISTINCT_COLLAPSED
+    assert eight_gaussians_scores(z)["distinct"] < 0.1  # measured 0.008 (SPEC 8: about 0.01)

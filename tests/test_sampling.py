@@ -150,3 +150,24 @@ def test_exact_chunking_does_not_change_result(n, m, chunk):
     a, _ = exact_flow(disc, z, grid, FlowSettings(2, 2, 0.1, chunk_size=chunk), PROCESS, ref)
     b, _ = exact_flow(disc, z, grid, FlowSettings(2, 2, 0.1, chunk_size=100), PROCESS, ref)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_replay_reading_is_per_seed_whatever_the_batch():
+    """Sample k of seed s is the same drawn alone, in a batch of 7 or in a batch of 1000 (float32)."""
+    from dmmd.config import Config
+    from dmmd.pipeline import calibrate, sample
+
+    disc = small_disc("linear", dtype=torch.float32)
+    cfg = Config()
+    cfg.sample.num_levels, cfg.sample.steps_per_level, cfg.sample.replay_particles = 4, 3, 300
+    cfg.sample.inject, cfg.sample.renoise = 0.2, 0.1
+    train = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    stats = calibrate(disc, cfg, train, PROCESS)
+    big = sample(disc, cfg, stats, PROCESS, (2,), 1000, seed=3)
+    for k in (0, 5, 998):
+        alone = sample(disc, cfg, stats, PROCESS, (2,), 1, seed=3, start=k)
+        assert (alone[0] - big[k]).abs().max() < 1e-4
+    seven = sample(disc, cfg, stats, PROCESS, (2,), 7, seed=3, start=500)
+    assert (seven - big[500:507]).abs().max() < 1e-4
+    other_seed = sample(disc, cfg, stats, PROCESS, (2,), 7, seed=4, start=500)
+    assert (other_seed - seven).abs().max() > 1e-3

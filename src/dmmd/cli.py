@@ -210,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.datasets import DataError
-    from .data.files import DataError as FileDataError
     from .pipeline import SamplerMismatch
     from .training import TrainingDiverged
 
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": cmd_train, "sample": cmd_sample, "calibrate": cmd_calibrate}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, FileDataError, CheckpointError, SamplerMismatch, TrainingDiverged) as err:
+    except (ConfigError, DataError, CheckpointError, SamplerMismatch, TrainingDiverged) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

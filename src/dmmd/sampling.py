@@ -31,7 +31,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import divergences as dv
 from .discriminator import Discriminator
 from .noising import Process
 

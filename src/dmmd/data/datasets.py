@@ -14,13 +14,12 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
+from .files import DataError, load_cifar10, load_mnist
 from .toys import TOYS
 
+__all__ = ["DataError", "Dataset", "load_dataset", "load_digits", "load_toy", "to_data_space"]
+
 DIGITS_TRAIN = 1500
-
-
-class DataError(ValueError):
-    """Missing, malformed or unusable data; the message names the problem."""
 
 
 @dataclass
@@ -88,13 +87,8 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 def _load_files(cfg: DataConfig) -> Dataset:
     if not cfg.root:
         raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder")
-    from . import files
-
-    try:
-        if cfg.name == "mnist":
-            return Dataset(files.load_mnist(cfg.root, "train"), files.load_mnist(cfg.root, "test"), "image", "mnist")
-        if cfg.name == "cifar10":
-            return Dataset(files.load_cifar10(cfg.root, "train"), files.load_cifar10(cfg.root, "test"), "image", "cifar10")
-    except files.DataError as err:
-        raise DataError(str(err)) from None
+    if cfg.name == "mnist":
+        return Dataset(load_mnist(cfg.root, "train"), load_mnist(cfg.root, "test"), "image", "mnist")
+    if cfg.name == "cifar10":
+        return Dataset(load_cifar10(cfg.root, "train"), load_cifar10(cfg.root, "test"), "image", "cifar10")
     raise DataError(f"data set {cfg.name!r} streams from a folder; in-memory loading supports digits, toys, mnist, cifar10")
