@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,13 +93,14 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print(config.to_json(cfg))
         return 0
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks and prints
     if not args.resume:
         run_dir = Path(args.out) if args.out else _next_run_dir(cfg)
-        if (run_dir / "config.json").exists():
+        if main_rank and (run_dir / "config.json").exists():
             raise config.ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
     data = load_dataset(cfg.data, cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"run folder: {run_dir}")
+    if main_rank:
+        print(f"run folder: {run_dir}")
     train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print)
     return 0
 

@@ -9,7 +9,10 @@ For each of N_n levels t_j (one level shared by the batch at that level):
 Loss = mean_j loss_j. KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
 and uses a one-sided penalty relu(||grad h|| - 1)^2 (SPEC 8).
 
-All levels go through the backbone in one forward pass of 3 N_n B inputs.
+All levels go through the backbone in one forward pass of 3 N_n B inputs. Under data-parallel
+training (dmmd.distributed) x and x' are the global batch, identical on every rank; a rank
+featurises only its slice, gathers features for the MMD of the whole batch, and normalises its
+local penalty sums by the global count, so the loss summed over ranks is the single-process loss.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import Tensor
 
 from . import divergences as dv
 from .discriminator import Discriminator
+from .distributed import Context, gather_rows
 from .noising import Process
 
 
@@ -27,21 +31,31 @@ def _repeat(x: Tensor, times: int) -> Tensor:
 
 
 def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
-              lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Algorithm 1's loss for one step; returns (loss, {term: float tensor}) with terms mmd2, gp, l2."""
+              lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
+              ctx: Context = Context()) -> tuple[Tensor, dict]:
+    """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
+    kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss."""
     num_levels, batch = t_levels.shape[0], x.shape[0]
+    if batch % ctx.world_size:
+        raise ValueError(f"batch size {batch} must be divisible by the number of processes {ctx.world_size}")
     t = t_levels.to(device=x.device, dtype=torch.float32).repeat_interleave(batch)  # (L B,)
     xs = _repeat(x, num_levels)
     ys = process.corrupt(_repeat(x_prime, num_levels), t.double(), generator=generator)
     r = torch.rand(xs.shape[0], generator=generator, device=x.device, dtype=x.dtype)
     r = r.view(-1, *([1] * (x.ndim - 1)))
-    u = (r * xs + (1 - r) * ys).detach().requires_grad_(True)
+    u = r * xs + (1 - r) * ys
+    local = batch // ctx.world_size
+    if ctx.active:  # this rank's rows of every level block
+        lo = ctx.rank * local
+        rows = torch.cat([torch.arange(j * batch + lo, j * batch + lo + local) for j in range(num_levels)])
+        xs, ys, u, t = xs[rows], ys[rows], u[rows], t[rows]
+    u = u.detach().requires_grad_(True)
     feats = disc.features(torch.cat([xs, ys, u]), torch.cat([t, t, t]))
-    a, b, fu = (f.view(num_levels, batch, -1) for f in feats.chunk(3))  # each (L, B, D)
+    a_loc, b_loc, fu = (f.view(num_levels, local, -1) for f in feats.chunk(3))  # each (L, B_local, D)
+    a, b = gather_rows(a_loc, 1, ctx), gather_rows(b_loc, 1, ctx)  # (L, B, D)
 
     if disc.objective == "kale":
-        h_a, h_b, h_u = (disc.critic_value(f.reshape(num_levels * batch, -1)).view(num_levels, batch)
-                         for f in (a, b, fu))
+        h_a, h_b, h_u = (disc.critic_value(f.reshape(-1, f.shape[-1])).view(num_levels, -1) for f in (a, b, fu))
         divergence = torch.stack([dv.kale_objective(h_a[j], h_b[j]) for j in range(num_levels)])
         witness_values = h_u
     else:
@@ -59,8 +73,9 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
     (grad_u,) = torch.autograd.grad(witness_values.sum(), u, create_graph=True)
     grad_norm = grad_u.flatten(1).norm(dim=1)
     excess = grad_norm - 1.0
-    gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).mean()
-    l2 = a.pow(2).mean() + b.pow(2).mean()
-    loss = -divergence.mean() + lambda_gp * gp + lambda_l2 * l2
+    count = num_levels * batch  # global number of interpolates (and of rows per feature set)
+    gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).sum() / count
+    l2 = (a_loc.pow(2).sum() + b_loc.pow(2).sum()) / (count * a_loc.shape[-1])
+    loss = -divergence.mean() / ctx.world_size + lambda_gp * gp + lambda_l2 * l2
     name = "kale" if disc.objective == "kale" else "mmd2"
     return loss, {name: divergence.mean().detach(), "gp": gp.detach(), "l2": l2.detach()}

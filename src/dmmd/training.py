@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint as ckpt
 from .config import Config, to_json
 from .discriminator import Discriminator, build_discriminator
+from .distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
 from .losses import dmmd_loss
 from .pipeline import build_process, calibrate
 
@@ -80,18 +81,23 @@ def restore_state(state: TrainState, payload: dict) -> None:
     state.step, state.stats = int(payload["step"]), payload.get("stats") or None
 
 
-def train_step(state: TrainState, train_data: torch.Tensor, process, cfg: Config) -> dict:
-    """One step of Algorithm 1; returns the loss terms as floats (skipped: {'skipped': term})."""
+def train_step(state: TrainState, train_data: torch.Tensor, process, cfg: Config, ctx: Context = Context()) -> dict:
+    """One step of Algorithm 1; returns the loss terms as floats (skipped: {'skipped': term}).
+
+    Under data parallelism every rank draws the same global batch and holds the same weights."""
     tc, gen = cfg.train, state.generator
     idx = torch.randint(0, train_data.shape[0], (2 * tc.batch_size,), generator=gen, device=gen.device)
     x, x_prime = train_data[idx[: tc.batch_size]], train_data[idx[tc.batch_size:]]
     t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
         tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
-    loss, terms = dmmd_loss(state.disc, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen)
+    loss, terms = dmmd_loss(state.disc, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
+    if ctx.active:  # penalties are local sums; the divergence is already the global one
+        terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
     state.optimizer.zero_grad(set_to_none=True)
     if bad is None:
         loss.backward()
+        all_reduce_gradients(state.disc.parameters(), ctx)
         grad_norm = torch.nn.utils.clip_grad_norm_(state.disc.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
         if not torch.isfinite(grad_norm):
             bad = "gradient"
@@ -105,7 +111,7 @@ def train_step(state: TrainState, train_data: torch.Tensor, process, cfg: Config
     state.optimizer.step()
     state.ema.update_parameters(state.disc)
     state.step += 1
-    return {"loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()}, "grad_norm": float(grad_norm)}
+    return {"loss": float(sum_over_ranks(loss.detach(), ctx)), **{k: float(v) for k, v in terms.items()}, "grad_norm": float(grad_norm)}
 
 
 def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool = False) -> Path:
@@ -123,16 +129,20 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool =
 class RunLog:
     """Appends human-readable lines to log.txt and JSON records to metrics.jsonl."""
 
-    def __init__(self, run_dir: Path, echo=None):
-        self.run_dir, self.echo = run_dir, echo
+    def __init__(self, run_dir: Path, echo=None, enabled: bool = True):
+        self.run_dir, self.echo, self.enabled = run_dir, echo, enabled
 
     def line(self, text: str) -> None:
+        if not self.enabled:
+            return
         with open(self.run_dir / "log.txt", "a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
         if self.echo:
             self.echo(text)
 
     def metrics(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -143,12 +153,15 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.train.device)
+    ctx = init_from_env(cfg.train.device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(ctx)
+    device = ctx.device
     data = train_data.to(device)
     process = build_process(cfg.process)
     state = new_state(cfg, tuple(data.shape[1:]), device)
-    log = RunLog(run_dir, echo)
+    log = RunLog(run_dir, echo, enabled=ctx.is_main)
     if resume and (run_dir / ckpt.LATEST).is_file():
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a kill during a write
             stale.unlink()
@@ -157,24 +170,27 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     elif resume:
         log.line("no checkpoint yet: starting from step 0")
     else:
-        ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
+        if ctx.is_main:
+            ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
         log.line(f"training {cfg.method} on {cfg.data.name}: {cfg.train.steps} steps, "
-                 f"{sum(p.numel() for p in state.disc.parameters())} parameters")
+                 f"{sum(p.numel() for p in state.disc.parameters())} parameters, {ctx.world_size} process(es)")
     started = time.time()
-    bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
     while state.step < cfg.train.steps:
-        record = train_step(state, data, process, cfg)
+        record = train_step(state, data, process, cfg, ctx)
         bar.update(1)
         if "skipped" in record:
             log.line(f"step {state.step}: skipped (non-finite {record['skipped']})")
         elif state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
             log.metrics({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "grad_norm"})
-        if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps:
+        if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps and ctx.is_main:
             save_checkpoint(state, cfg, run_dir)
     bar.close()
-    if state.stats is None or state.step == cfg.train.steps:
+    if ctx.is_main:
         state.stats = calibrate(state.ema.module, cfg, data, process, state.stats)
-    path = save_checkpoint(state, cfg, run_dir, final=True)
-    log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
+        path = save_checkpoint(state, cfg, run_dir, final=True)
+        log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
+    shutdown(ctx)
     return state
