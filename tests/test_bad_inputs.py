@@ -51,6 +51,17 @@ def corpus(tmp_path_factory):
     cifar = root / "cifar"
     cifar.mkdir()
     (cifar / "data_batch_1").write_bytes(pickle.dumps(Evil()))
+    import numpy as np
+
+    np.save(root / "nan.npy", np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0], [2.0, 0.0], [3.0, 1.0]]))
+    np.save(root / "rank3.npy", np.zeros((5, 2, 2)))
+    np.save(root / "empty.npy", np.zeros((0, 2)))
+    np.save(root / "objects.npy", np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True)
+    np.savez(root / "good.npz", x=np.random.default_rng(0).normal(size=(40, 2)))
+    (root / "truncated.npz").write_bytes((root / "good.npz").read_bytes()[:300])
+    np.savez(root / "no_samples.npz", x=np.zeros((10, 2)))
+    np.savez(root / "wrong_shape.npz", samples=np.zeros((10, 3)))
+    np.savez(root / "nan_samples.npz", samples=np.full((10, 2), np.nan))
     return root
 
 
@@ -89,6 +100,19 @@ CASES = {
     "zero samples": (["sample", "--checkpoint", "{root}/run", "--num-samples", "0"], "--num-samples"),
     "one exact particle": (["sample", "--checkpoint", "{root}/run", "--sampler", "exact", "--num-samples", "1"], "population"),
     "train key at sampling": (["sample", "--checkpoint", "{root}/run", "--set", "train.steps=3"], "only sample.\\* keys"),
+    "NaN in data": (["train", "--set", "data.name=file", "--set", "data.root={root}/nan.npy"], "NaN or Inf"),
+    "wrong rank data": (["train", "--set", "data.name=file", "--set", "data.root={root}/rank3.npy"], r"expected shape \(N, D\)"),
+    "empty data": (["train", "--set", "data.name=file", "--set", "data.root={root}/empty.npy"], "is empty"),
+    "pickled data": (["train", "--set", "data.name=file", "--set", "data.root={root}/objects.npy"], "not a readable"),
+    "truncated data": (["train", "--set", "data.name=file", "--set", "data.root={root}/truncated.npz"], "truncated.npz"),
+    "samples without array": (["evaluate", "--samples", "{root}/no_samples.npz", "--checkpoint", "{root}/run"],
+                              "expected an array named 'samples'"),
+    "samples of wrong shape": (["evaluate", "--samples", "{root}/wrong_shape.npz", "--checkpoint", "{root}/run"],
+                               r"shape \(3,\) per item"),
+    "NaN samples": (["evaluate", "--samples", "{root}/nan_samples.npz", "--checkpoint", "{root}/run"], "NaN or Inf"),
+    "missing samples": (["evaluate", "--samples", "{root}/none.npz", "--checkpoint", "{root}/run"], "does not exist"),
+    "unknown metric": (["evaluate", "--samples", "{root}/good.npz", "--checkpoint", "{root}/run", "--metrics", "fid"],
+                       "unknown metrics"),
     "settings without stats": (["sample", "--checkpoint", "{root}/run", "--sampler", "approx",
                                 "--set", "sample.num_levels=7"], "dmmd calibrate"),
 }

@@ -101,3 +101,28 @@ def test_variants_train_and_sample(tmp_path, extra):
     assert main(["sample", "--checkpoint", str(run), "--num-samples", "8", "--out", str(tmp_path / "s"),
                  "--no-progress"]) == 0
     assert np.isfinite(np.load(tmp_path / "s" / "samples.npz")["samples"]).all()
+
+
+def test_evaluate_reports_metrics(run_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoint", str(run_dir), "--num-samples", "30", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--samples", str(out / "samples.npz"), "--checkpoint", str(run_dir),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "eval.json").read_text())
+    assert {"fd", "kid", "mmd_rbf", "energy_distance", "precision", "diversity"} <= report.keys()
+    assert report["fd"] > 0 and "modes" in report["diversity"]
+
+
+def test_train_on_array_file(tmp_path):
+    x = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    run = tmp_path / "run"
+    pairs = [TINY[i:i + 2] for i in range(0, len(TINY), 2)]
+    args = [a for pair in pairs if not pair[1].startswith("data.") for a in pair]
+    assert main(["train", *args, "--set", "data.name=file", "--set", f"data.root={tmp_path / 'data.npz'}",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(run), "--num-samples", "6", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (6, 3)

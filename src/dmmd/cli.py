@@ -1,4 +1,4 @@
-"""The `dmmd` command line: train, sample, calibrate. A thin layer over the library.
+"""The `dmmd` command line: train, sample, calibrate, evaluate. A thin layer over the library.
 
 Mistakes in the user's input end in a one-line `error: ...` on stderr and exit code 2
 (pass --debug for the traceback).
@@ -67,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="sample.* settings to calibrate for, e.g. --set sample.num_levels=20")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("evaluate", help="score a samples file against the held-out data",
+                       description="Read samples.npz (array 'samples', in data space) and report diversity and "
+                       "distribution metrics against the held-out split of the data set named by --checkpoint's "
+                       "config or --config. Prints JSON; --out also writes it to a file.")
+    e.add_argument("--samples", required=True, metavar="FILE", help="a samples.npz written by `dmmd sample`")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="run folder or checkpoint whose data set to compare with")
+    source.add_argument("--config", metavar="FILE", help="config naming the data set to compare with")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a data.* key (with --config)")
+    e.add_argument("--metrics", default="diversity,fd,kid,mmd,energy,precision_recall",
+                   help="comma-separated subset of: diversity, fd, kid, mmd, energy, precision_recall")
+    e.add_argument("--out", metavar="FILE", help="also write the JSON report here")
     return parser
 
 
@@ -208,6 +221,33 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from . import config
+    from .checkpoint import atomic_write_text
+    from .data.datasets import DataError, from_data_space, load_dataset, read_array
+    from .pipeline import load_model
+    from .report import METRICS, evaluate_samples
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise config.ConfigError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
+    cfg = load_model(args.checkpoint)[0] if args.checkpoint else config.load(args.config, args.overrides)
+    data = load_dataset(cfg.data, cfg.seed)
+    samples = from_data_space(cfg.data.name, read_array(args.samples, "samples", "samples file"))
+    if tuple(samples.shape[1:]) != data.shape:
+        raise DataError(f"{args.samples}: samples have shape {tuple(samples.shape[1:])} per item, the data set "
+                        f"{cfg.data.name!r} has {data.shape}")
+    if len(samples) < 2:
+        raise DataError(f"{args.samples}: expected at least 2 samples, found {len(samples)}")
+    report = evaluate_samples(samples, data, metrics)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -216,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from .training import TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "sample": cmd_sample, "calibrate": cmd_calibrate}
+    handlers = {"train": cmd_train, "sample": cmd_sample, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, SamplerMismatch, TrainingDiverged) as err:

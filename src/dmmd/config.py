@@ -19,8 +19,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | eight_gaussians | two_moons | checkerboard | swiss_roll | mnist | cifar10 | folder
-    root: str = ""  # folder holding the files, for file-backed data sets
+    name: str = "digits"  # digits | eight_gaussians | two_moons | checkerboard | swiss_roll | mnist | cifar10 | file
+    root: str = ""  # mnist/cifar10: folder holding the files; file: a .npy/.npz (array "x") of vectors or images
     num_points: int = 20000  # toy sets: points drawn for training
     image_size: int = 64  # image folders: output size
     flip: bool = False  # random horizontal flips (image data sets)
@@ -104,7 +104,7 @@ class Config:
 
 CHOICES = {
     "method": ("dmmd",),
-    "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "folder"),
+    "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "file"),
     "process.kind": ("vp", "blur"),
     "process.schedule": ("linear", "cosine"),
     "model.backbone": ("mlp", "unet"),

@@ -58,10 +58,15 @@ def save_scatter(path: str | Path, points: np.ndarray, reference: np.ndarray | N
 
 def save_samples_picture(path: str | Path, samples: np.ndarray, kind: str, reference: np.ndarray | None = None,
                          title: str = "") -> None:
-    """Image grid for image data (model scale [-1, 1]); scatter for 2-D points."""
+    """Image grid for image data (model scale [-1, 1]); scatter for points (the first two
+    coordinates of longer vectors; a coordinate against zero for 1-D data)."""
     if kind == "image":
         save_image_grid(path, samples)
-    elif samples.ndim == 2 and samples.shape[1] == 2:
-        save_scatter(path, samples, reference, title)
-    else:
-        raise ValueError(f"no picture for samples of shape {samples.shape}")
+        return
+    flat = samples.reshape(len(samples), -1)
+    if flat.shape[1] == 1:
+        flat = np.concatenate([flat, np.zeros_like(flat)], axis=1)
+        reference = None if reference is None else np.concatenate([reference, np.zeros_like(reference)], axis=1)
+    elif flat.shape[1] > 2:
+        title = f"{title} (first two of {flat.shape[1]} coordinates)"
+    save_scatter(path, flat[:, :2], None if reference is None else reference.reshape(len(reference), -1)[:, :2], title)

@@ -73,3 +73,34 @@ def sample_report(samples: Tensor, data: Dataset) -> dict:
     if data.name == "digits":
         report["classes"] = class_report(samples.float(), data.test)
     return report
+
+
+METRICS = ("diversity", "fd", "kid", "mmd", "energy", "precision_recall")
+
+
+def evaluate_samples(samples: Tensor, data: Dataset, metrics: tuple[str, ...] = METRICS) -> dict:
+    """Metrics of samples (model scale) against held-out data, on raw (flattened) coordinates.
+
+    fd: Frechet distance; kid: KID (mean, standard error); mmd: unbiased MMD^2 with a Gaussian kernel
+    of median-heuristic width; energy: energy distance; precision_recall: k-NN manifolds (k = 3).
+    Raw-coordinate metrics suit low-dimensional data; for images use a feature network.
+    """
+    from .evaluation import metrics as m
+
+    flat, test = samples.flatten(1).double(), data.test.flatten(1).double()
+    out: dict = {"num_samples": len(flat), "num_heldout": len(test)}
+    if "diversity" in metrics:
+        out["diversity"] = sample_report(samples, data)
+    if "fd" in metrics:
+        out["fd"] = m.frechet_distance(flat, test)
+    if "kid" in metrics:
+        mean, err = m.kid(flat, test, num_subsets=50, subset_size=min(len(flat), len(test), 1000))
+        out["kid"] = {"mean": mean, "std_error": err}
+    if "mmd" in metrics:
+        out["mmd_rbf"] = m.mmd_rbf(flat, test)
+    if "energy" in metrics:
+        out["energy_distance"] = m.energy_distance(flat, test)
+    if "precision_recall" in metrics:
+        precision, recall = m.precision_recall(test, flat, k=3)
+        out["precision"], out["recall"] = precision, recall
+    return out

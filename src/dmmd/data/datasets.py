@@ -1,6 +1,7 @@
 """Data sets as tensors scaled for the model, with a fixed train/test split.
 
-The embedded default is scikit-learn's handwritten digits (1797 images of 8x8, pixel values
+Users' own vectors or images come from a .npy/.npz file (data.name = "file", data.root = path;
+array "x" in an .npz), used as they are. The embedded default is scikit-learn's handwritten digits (1797 images of 8x8, pixel values
 0..16, shipped inside the scikit-learn wheel: no download). Pixels are scaled to [-1, 1] here,
 in the data layer; the split is a fixed permutation (seed 0): 1500 train, 297 test.
 """
@@ -8,6 +9,7 @@ in the data layer; the split is a fixed permutation (seed 0): 1500 train, 297 te
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +19,8 @@ from ..config import DataConfig
 from .files import DataError, load_cifar10, load_mnist
 from .toys import TOYS
 
-__all__ = ["DataError", "Dataset", "load_dataset", "load_digits", "load_toy", "to_data_space"]
+__all__ = ["DataError", "Dataset", "from_data_space", "load_dataset", "load_digits", "load_toy", "read_array",
+           "to_data_space"]
 
 DIGITS_TRAIN = 1500
 
@@ -37,12 +40,65 @@ class Dataset:
 
 
 def to_data_space(name: str, x: Tensor) -> Tensor:
-    """Undo the data layer's scaling: digits back to 0..16, image files to 0..255, toys as they are."""
+    """Undo the data layer's scaling: digits back to 0..16, image files to 0..255, toys and
+    array files as they are."""
     if name == "digits":
         return (x + 1.0) * 8.0
-    if name in TOYS:
+    if name in TOYS or name == "file":
         return x
     return (x + 1.0) * 127.5
+
+
+def from_data_space(name: str, x: Tensor) -> Tensor:
+    """The data layer's scaling (inverse of to_data_space)."""
+    if name == "digits":
+        return x / 8.0 - 1.0
+    if name in TOYS or name == "file":
+        return x
+    return x / 127.5 - 1.0
+
+
+def read_array(path: str | Path, key: str | None = None, what: str = "array file") -> Tensor:
+    """A float32 tensor from .npy or .npz (array `key`, or the only array), without pickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} does not exist")
+    import zipfile
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({' '.join(str(err).split())[:120]})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = list(loaded.files)
+            if key is None and len(names) == 1:
+                key = names[0]
+            if key not in names:
+                raise DataError(f"{path}: expected an array named {key or 'x'!r}, found {names or 'no arrays'}")
+            try:
+                array = loaded[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                raise DataError(f"{path}: array {key!r} is unreadable (truncated?): {err}") from None
+    else:
+        array = loaded
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{path}: expected a numeric array, found dtype {array.dtype}")
+    if array.ndim not in (2, 4):
+        raise DataError(f"{path}: expected shape (N, D) or (N, C, H, W), found {array.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return check_finite(x, f"{path}")
+
+
+def load_array_dataset(path: str | Path) -> Dataset:
+    """A user's own vectors or images from .npy/.npz (used as they are), split 90/10 with seed 0."""
+    x = read_array(path, "x" if str(path).endswith(".npz") else None, "data file")
+    if len(x) < 4:
+        raise DataError(f"{path}: expected at least 4 rows, found {len(x)}")
+    perm = torch.from_numpy(np.random.RandomState(0).permutation(len(x)))
+    n_test = max(2, len(x) // 10)
+    x = x[perm]
+    return Dataset(x[n_test:], x[:n_test], "points" if x.ndim == 2 else "image", "file")
 
 
 def check_finite(x: Tensor, what: str) -> Tensor:
@@ -86,7 +142,10 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 
 def _load_files(cfg: DataConfig) -> Dataset:
     if not cfg.root:
-        raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder")
+        raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder "
+                        "(for data.name = 'file': the .npy/.npz file)")
+    if cfg.name == "file":
+        return load_array_dataset(cfg.root)
     if cfg.name == "mnist":
         return Dataset(load_mnist(cfg.root, "train"), load_mnist(cfg.root, "test"), "image", "mnist")
     if cfg.name == "cifar10":
