@@ -171,3 +171,19 @@ def test_replay_reading_is_per_seed_whatever_the_batch():
     assert (seven - big[500:507]).abs().max() < 1e-4
     other_seed = sample(disc, cfg, stats, PROCESS, (2,), 7, seed=4, start=500)
     assert (other_seed - seven).abs().max() > 1e-3
+
+
+def test_kernel_step_size_applies_to_nonlinear_exact_sampler():
+    from dmmd.config import Config
+    from dmmd.pipeline import sample
+
+    disc = small_disc("rq", dtype=torch.float32)
+    cfg = Config()
+    cfg.model.kernel, cfg.sample.sampler = "rq", "exact"
+    cfg.sample.num_levels, cfg.sample.steps_per_level, cfg.sample.inject = 2, 1, 0.0
+    ref = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))
+    base = sample(disc, cfg, {}, PROCESS, (2,), 10, seed=1, reference=ref)
+    cfg.sample.kernel_step_size = cfg.sample.step_size
+    assert torch.equal(sample(disc, cfg, {}, PROCESS, (2,), 10, seed=1, reference=ref), base)
+    cfg.sample.kernel_step_size = 0.5
+    assert (sample(disc, cfg, {}, PROCESS, (2,), 10, seed=1, reference=ref) - base).abs().max() > 1e-4

@@ -82,6 +82,7 @@ class SampleConfig:
     num_levels: int = 10  # T
     steps_per_level: int = 10  # N_s
     step_size: float = 0.1  # eta
+    kernel_step_size: float = 0.0  # exact sampler with rbf/rq kernels (pairwise repulsion): its own eta; 0 = step_size
     grid: str = "uniform"  # uniform | log_sigma
     inject: float = 0.1  # c_inj: gradient taken at z + c_inj sigma_t u (0 = off)
     renoise: float = 0.0  # c_re: c_re sigma_t N(0, I) added after each level but the last (0 = off)
@@ -123,7 +124,8 @@ POSITIVE = {"data.num_points", "data.image_size", "model.feature_dim", "model.wi
             "sample.chunk_size", "sample.num_reference", "sample.replay_particles", "process.beta_max",
             "process.beta_min", "process.blur_max_width"}
 NON_NEGATIVE = {"train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
-                "model.rq_dot_weight", "process.blur_noise_std", "seed"}
+                "model.rq_dot_weight", "process.blur_noise_std", "seed",
+                "sample.kernel_step_size"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
 
 

@@ -8,6 +8,8 @@ run of a large population (mean-field replay), tagged with the sampler settings 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -123,6 +125,8 @@ def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shap
         ref = stats["data_mean"]
     else:
         ref = level_features(disc, reference, grid, reduce_mean=False)
+        if s.kernel_step_size > 0:  # pairwise repulsion needs its own step size (SPEC 8)
+            settings = replace(settings, step_size=s.kernel_step_size)
     out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress)
     return out
 
