@@ -114,7 +114,8 @@ def cmd_train(args) -> int:
     data = load_dataset(cfg.data, cfg.seed)
     if main_rank:
         print(f"run folder: {run_dir}")
-    train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print)
+    train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print,
+          stream=data.stream)
     return 0
 
 

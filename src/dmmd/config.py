@@ -19,11 +19,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | eight_gaussians | two_moons | checkerboard | swiss_roll | mnist | cifar10 | file
-    root: str = ""  # mnist/cifar10: folder holding the files; file: a .npy/.npz (array "x") of vectors or images
+    name: str = "digits"  # digits | eight_gaussians | two_moons | checkerboard | swiss_roll | mnist | cifar10 | file | folder
+    root: str = ""  # mnist/cifar10: folder of the files; file: a .npy/.npz (array "x"); folder: a tree of images
     num_points: int = 20000  # toy sets: points drawn for training
-    image_size: int = 64  # image folders: output size
-    flip: bool = False  # random horizontal flips (image data sets)
+    image_size: int = 64  # folder: output size
+    crop: str = "resize_center_crop"  # folder: resize_center_crop (LSUN, CelebA-HQ) | center_crop_resize (CelebA)
+    crop_size: int = 140  # folder with center_crop_resize: the centre crop before resizing (CelebA: 140)
+    flip: bool = False  # folder: random horizontal flips
+    workers: int = 4  # folder: decoding threads
+    in_memory: int = 5000  # folder: images held in memory for calibration, diagnostics and the test split
 
 
 @dataclass
@@ -105,7 +109,8 @@ class Config:
 
 CHOICES = {
     "method": ("dmmd",),
-    "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "file"),
+    "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "file", "folder"),
+    "data.crop": ("resize_center_crop", "center_crop_resize"),
     "process.kind": ("vp", "blur"),
     "process.schedule": ("linear", "cosine"),
     "model.backbone": ("mlp", "unet"),
@@ -117,7 +122,7 @@ CHOICES = {
     "sample.reading": ("own", "data_noised", "replay"),
     "sample.grid": ("uniform", "log_sigma"),
 }
-POSITIVE = {"data.num_points", "data.image_size", "model.feature_dim", "model.width", "model.depth",
+POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.workers", "data.in_memory", "model.feature_dim", "model.width", "model.depth",
             "model.time_dim", "model.base_channels", "model.num_res_blocks", "model.init_width",
             "train.steps", "train.batch_size", "train.num_levels", "train.lr", "train.log_every",
             "train.checkpoint_every", "train.keep_checkpoints", "sample.num_levels", "sample.steps_per_level", "sample.step_size",

@@ -81,13 +81,40 @@ def restore_state(state: TrainState, payload: dict) -> None:
     state.step, state.stats = int(payload["step"]), payload.get("stats") or None
 
 
-def train_step(state: TrainState, train_data: torch.Tensor, process, cfg: Config, ctx: Context = Context()) -> dict:
+class StreamSource:
+    """Batches read from a disk-backed data set (e.g. dmmd.data.files.ImageFolder) by index, decoded
+    by a pool of threads. Indices come from the training generator like in-memory batches, and the
+    data set's flips are re-seeded per step, so a resumed run reads exactly the same batches."""
+
+    def __init__(self, dataset, workers: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.dataset, self.pool = dataset, ThreadPoolExecutor(max_workers=workers)
+        self.shape = tuple(dataset[0].shape)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, idx: torch.Tensor, step: int, device) -> torch.Tensor:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(step)
+        return torch.stack(list(self.pool.map(self.dataset.__getitem__, idx.tolist()))).to(device)
+
+
+def _batch(source, idx: torch.Tensor, step: int) -> torch.Tensor:
+    if isinstance(source, torch.Tensor):
+        return source[idx]
+    return source.batch(idx.cpu(), step, idx.device)
+
+
+def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context()) -> dict:
     """One step of Algorithm 1; returns the loss terms as floats (skipped: {'skipped': term}).
 
     Under data parallelism every rank draws the same global batch and holds the same weights."""
     tc, gen = cfg.train, state.generator
-    idx = torch.randint(0, train_data.shape[0], (2 * tc.batch_size,), generator=gen, device=gen.device)
-    x, x_prime = train_data[idx[: tc.batch_size]], train_data[idx[tc.batch_size:]]
+    idx = torch.randint(0, len(train_data), (2 * tc.batch_size,), generator=gen, device=gen.device)
+    batch = _batch(train_data, idx, state.step)
+    x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
     t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
         tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
     loss, terms = dmmd_loss(state.disc, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
@@ -148,8 +175,11 @@ class RunLog:
 
 
 def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bool = False,
-          progress: bool = True, echo=None) -> TrainState:
-    """Run Algorithm 1 for cfg.train.steps, checkpointing into run_dir; returns the final state."""
+          progress: bool = True, echo=None, stream=None) -> TrainState:
+    """Run Algorithm 1 for cfg.train.steps, checkpointing into run_dir; returns the final state.
+
+    train_data: the training set in memory; with `stream` (a disk-backed data set) batches are read
+    from the stream and train_data only serves to calibrate the sampler statistics at the end."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -159,6 +189,7 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     barrier(ctx)
     device = ctx.device
     data = train_data.to(device)
+    source = data if stream is None else StreamSource(stream, cfg.data.workers)
     process = build_process(cfg.process)
     state = new_state(cfg, tuple(data.shape[1:]), device)
     log = RunLog(run_dir, echo, enabled=ctx.is_main)
@@ -178,7 +209,7 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
     while state.step < cfg.train.steps:
-        record = train_step(state, data, process, cfg, ctx)
+        record = train_step(state, source, process, cfg, ctx)
         bar.update(1)
         if "skipped" in record:
             log.line(f"step {state.step}: skipped (non-finite {record['skipped']})")

@@ -33,6 +33,7 @@ class Dataset:
     name: str
     labels_train: Tensor | None = None
     labels_test: Tensor | None = None
+    stream: object | None = None  # folder data: the full training set, read from disk per batch
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -140,12 +141,27 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     return data
 
 
+def load_folder_dataset(cfg: DataConfig) -> Dataset:
+    """A folder of images streamed from disk for training; a fixed subset of up to data.in_memory
+    images (every k-th file) is held in memory for calibration and diagnostics, and the last 10% of
+    that subset (by position) serves as the held-out split."""
+    from .files import ImageFolder
+
+    folder = ImageFolder(cfg.root, cfg.image_size, cfg.crop, crop=cfg.crop_size, flip=cfg.flip)
+    stride = max(1, len(folder) // cfg.in_memory)
+    subset = torch.stack([folder[i] for i in range(0, len(folder), stride)][: cfg.in_memory])
+    n_test = max(2, len(subset) // 10)
+    return Dataset(subset[:-n_test], subset[-n_test:], "image", "folder", stream=folder)
+
+
 def _load_files(cfg: DataConfig) -> Dataset:
     if not cfg.root:
         raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder "
                         "(for data.name = 'file': the .npy/.npz file)")
     if cfg.name == "file":
         return load_array_dataset(cfg.root)
+    if cfg.name == "folder":
+        return load_folder_dataset(cfg)
     if cfg.name == "mnist":
         return Dataset(load_mnist(cfg.root, "train"), load_mnist(cfg.root, "test"), "image", "mnist")
     if cfg.name == "cifar10":
