@@ -77,6 +77,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # keep the last K periodic checkpoints (the final one is always kept)
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (keep the last good checkpoint) | skip the step
     device: str = "cpu"  # cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the loss; weights and optimizer stay float32)
 
 
 @dataclass
@@ -118,6 +119,7 @@ CHOICES = {
     "model.kernel": ("linear", "rbf", "rq"),
     "model.objective": ("mmd", "kale"),
     "train.on_nonfinite": ("stop", "skip"),
+    "train.precision": ("fp32", "bf16"),
     "sample.sampler": ("exact", "approx", "kale"),
     "sample.reading": ("own", "data_noised", "replay"),
     "sample.grid": ("uniform", "log_sigma"),

@@ -117,7 +117,8 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
     x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
     t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
         tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
-    loss, terms = dmmd_loss(state.disc, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        loss, terms = dmmd_loss(state.disc, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
