@@ -100,6 +100,10 @@ def evaluate_samples(samples: Tensor, data: Dataset, metrics: tuple[str, ...] = 
         out["mmd_rbf"] = m.mmd_rbf(flat, test)
     if "energy" in metrics:
         out["energy_distance"] = m.energy_distance(flat, test)
+    if data.name == "digits":
+        from .evaluation.digits_net import digits_scores
+
+        out["digits"] = digits_scores(samples, data.test)  # FD-digits, IS-digits, class coverage
     if "precision_recall" in metrics:
         precision, recall = m.precision_recall(test, flat, k=3)
         out["precision"], out["recall"] = precision, recall
