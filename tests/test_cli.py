@@ -94,7 +94,9 @@ def test_calibrate_then_sample_other_settings(run_dir, tmp_path):
 
 @pytest.mark.parametrize("extra", [["--set", "model.objective=kale", "--set", "sample.sampler=kale"],
                                    ["--set", "model.kernel=rq", "--set", "sample.sampler=exact"],
-                                   ["--set", "process.schedule=cosine"]])
+                                   ["--set", "process.schedule=cosine"],
+                                   ["--method", "ddpm"],
+                                   ["--method", "ddpm", "--set", "sample.sampler=ddim", "--set", "sample.num_steps=5"]])
 def test_variants_train_and_sample(tmp_path, extra):
     run = tmp_path / "run"
     assert main(["train", *TINY, *extra, "--out", str(run), "--no-progress"]) == 0

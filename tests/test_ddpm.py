@@ -37,7 +37,7 @@ PROCESS = VPProcess()
 N_INF, RATIO = 11, 100
 K = N_INF * RATIO
 SHAPE = (4, 3, 2)  # (N, C, D): diffusers' step looks at dim 1 only for learned variances
-TOL = 1e-5  # the brief's bound; float64 agreement is in fact ~1e-13
+TOL = 1e-5  # the bound asked for; float64 steps agree to ~1e-13, float32 ones to ~3e-6
 
 
 def _small_net(data_shape=(3, 2), seed=0):
@@ -65,12 +65,13 @@ def _scheduler(kind):
     else:
         sched = diffusers.DDIMScheduler(set_alpha_to_one=True, **common)
     # diffusers' own float32 cumprod reproduces our schedule ...
-    torch.testing.assert_close(sched.alphas_cumprod.double(), abar, rtol=1e-4, atol=0)
+    torch.testing.assert_close(sched.alphas_cumprod.double(), abar, rtol=1e-5, atol=0)
     sched.set_timesteps(N_INF)
     assert sched.timesteps.tolist() == [(N_INF - 1 - j) * RATIO for j in range(N_INF)]
     grid = time_grid(PROCESS, N_INF)
     torch.testing.assert_close(tau[sched.timesteps], grid, rtol=0, atol=1e-14)
-    # ... and the step comparisons use it in float64.
+    # ... and the step comparisons use it in float64 (float32: see test_float32_ddpm_step_...).
+    sched.float32_alphas_cumprod = sched.alphas_cumprod
     sched.alphas_cumprod = abar
     return sched, grid
 
@@ -91,6 +92,19 @@ def test_ddpm_step_matches_diffusers():
         else:  # k = 0: to abar = 1, no noise: x0_hat
             ours = ddpm_step(eps, x, grid[j], 0.0, None, process=PROCESS)
             torch.testing.assert_close(predict_x0(eps, x, grid[j], PROCESS), ref, rtol=0, atol=TOL)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=TOL)
+
+
+def test_float32_ddpm_step_matches_diffusers_own_schedule():
+    """float32 inputs against diffusers' own float32 alphas_cumprod from our trained_betas."""
+    sched, grid = _scheduler("ddpm")
+    sched.alphas_cumprod = sched.float32_alphas_cumprod
+    for j, k in enumerate(sched.timesteps.tolist()[:-1]):
+        x, eps = (v.float() for v in _inputs(j))
+        ref = sched.step(eps, k, x, generator=torch.Generator().manual_seed(300 + j)).prev_sample
+        noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(300 + j))
+        ours = ddpm_step(eps, x, grid[j], grid[j + 1], noise, process=PROCESS)
+        assert ours.dtype == torch.float32
         torch.testing.assert_close(ours, ref, rtol=0, atol=TOL)
 
 
@@ -244,19 +258,23 @@ class GaussianEps(nn.Module):
         return sig * (x - a * self.m) / (a**2 * self.s**2 + sig**2)
 
 
-@pytest.mark.parametrize("method,steps", [("ddpm", 200), ("ddim", 50)])
-def test_exact_eps_recovers_gaussian(method, steps):
-    m, s = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.1
-    n = 4000
+def test_exact_eps_recovers_gaussian():
+    """With the exact eps of N(m, s^2 I) the samplers get the mean; the std comes out low by the
+    discretisation error of the uniform t grid (the last steps are coarse next to s = 0.1) and that
+    error shrinks as the grid is refined."""
+    m, s, n = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.1, 2000
     z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    noise = ParticleNoise(1, n, (2,), dtype=torch.float64) if method == "ddpm" else None
-    x = sample(GaussianEps(m, s, PROCESS), z, PROCESS, steps, method, noise)
-    torch.testing.assert_close(x.mean(0), m, rtol=0, atol=0.01)
-    assert x.std(0).sub(s).abs().max() < 0.1 * s
+    net = GaussianEps(m, s, PROCESS)
+    runs = {"ddpm100": sample(net, z, PROCESS, 100, "ddpm", ParticleNoise(1, n, (2,), dtype=torch.float64)),
+            "ddim50": sample(net, z, PROCESS, 50, "ddim"), "ddim200": sample(net, z, PROCESS, 200, "ddim")}
+    for x in runs.values():
+        torch.testing.assert_close(x.mean(0), m, rtol=0, atol=0.01)
+        assert ((x.std(0) > 0.07) & (x.std(0) < 0.105)).all()
+    assert (runs["ddim200"].std(0) - s).abs().max() < 0.5 * (runs["ddim50"].std(0) - s).abs().min()
 
 
 def test_trained_mlp_ddim_lands_near_mean():
-    """A few hundred Adam steps on N(m, 0.1^2 I) in 2-D; DDIM samples' mean lands near m."""
+    """400 Adam steps on N(m, 0.1^2 I) in 2-D; DDIM samples' mean lands near m."""
     torch.manual_seed(0)
     m = torch.tensor([1.0, -0.5])
     net = build_eps_net(ModelConfig(width=64, depth=2, time_dim=16), (2,))
@@ -271,4 +289,7 @@ def test_trained_mlp_ddim_lands_near_mean():
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(2))
     x = sample(net.eval(), z, PROCESS, 50, "ddim")
     assert (x.mean(0) - m).abs().max() < 0.1, x.mean(0)
-    assert x.std(0).max() < 0.5
+    # An under-trained eps (loss ~0.05) maps a few prior tails far off under deterministic DDIM
+    # (~2% here), so bound the bulk rather than the std.
+    assert (x.median(0).values - m).abs().max() < 0.05
+    assert ((x - m).norm(dim=1) < 0.5).float().mean() > 0.95

@@ -17,16 +17,16 @@ def _setup(*extra):
 def test_train_step_moves_weights_and_ema():
     cfg, state, process = _setup()
     data = torch.randn(64, 2)
-    before = [p.detach().clone() for p in state.disc.parameters()]
+    before = [p.detach().clone() for p in state.model.parameters()]
     record = train_step(state, data, process, cfg)
     assert state.step == 1 and {"loss", "mmd2", "gp", "l2", "grad_norm"} <= record.keys()
-    assert any(not torch.equal(a, b) for a, b in zip(before, state.disc.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
     # AveragedModel copies on its first update; the second uses weight 1 - min(0.999, 2/11) = 9/11.
-    for e, p in zip(state.ema.module.parameters(), state.disc.parameters()):
+    for e, p in zip(state.ema.module.parameters(), state.model.parameters()):
         assert torch.equal(e, p)
-    first = [p.detach().clone() for p in state.disc.parameters()]
+    first = [p.detach().clone() for p in state.model.parameters()]
     train_step(state, data, process, cfg)
-    for e, p, b in zip(state.ema.module.parameters(), state.disc.parameters(), first):
+    for e, p, b in zip(state.ema.module.parameters(), state.model.parameters(), first):
         torch.testing.assert_close(e, b + 9 / 11 * (p - b), rtol=1e-5, atol=1e-7)
 
 
@@ -49,9 +49,9 @@ def test_nonfinite_stops_with_step_and_term(bad, monkeypatch):
 def test_nonfinite_skip_leaves_weights():
     cfg, state, process = _setup("train.on_nonfinite=skip")
     data = torch.full((64, 2), float("nan"))
-    before = [p.detach().clone() for p in state.disc.parameters()]
+    before = [p.detach().clone() for p in state.model.parameters()]
     assert "skipped" in train_step(state, data, process, cfg)
-    assert all(torch.equal(a, b) for a, b in zip(before, state.disc.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
     assert state.step == 1
 
 
@@ -62,5 +62,5 @@ def test_bf16_autocast_step_runs_and_stays_close():
     cfg16, state16, _ = _setup("train.precision=bf16")
     data = torch.randn(64, 2)
     r32, r16 = train_step(state, data, process, cfg), train_step(state16, data, process, cfg16)
-    assert all(p.dtype == torch.float32 for p in state16.disc.parameters())
+    assert all(p.dtype == torch.float32 for p in state16.model.parameters())
     assert abs(r16["mmd2"] - r32["mmd2"]) <= 0.05 * abs(r32["mmd2"]) + 1e-3

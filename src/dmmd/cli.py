@@ -31,11 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a discriminator (Algorithm 1) into a run folder",
-                       description="Train DMMD's discriminator. Writes RUN/config.json, RUN/log.txt, "
+                       description="Train DMMD's discriminator (or, with --set method=ddpm, the DDPM baseline on the "
+                       "same backbone). Writes RUN/config.json, RUN/log.txt, "
                        "RUN/metrics.jsonl and RUN/checkpoints/, with RUN/latest naming the newest checkpoint.")
     _add_config_args(t)
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/NNNNN-<data>-<method>)")
     t.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    t.add_argument("--method", choices=("dmmd", "ddpm"), help="dmmd (default) or the DDPM baseline on the same "
+                   "backbone (epsilon prediction; samples with sample.sampler = ddpm or ddim)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint "
                    "(its config.json is used; --set may change train.steps)")
@@ -46,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/samples.npz (array 'samples', in data space), OUT/samples.png (an image grid or a "
                        "scatter plot) and OUT/diversity.json.")
     s.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run folder")
-    s.add_argument("--sampler", choices=("exact", "approx", "kale"),
-                   help="exact: interacting particles, any kernel; approx: independent particles, linear kernel; "
-                        "kale: ascend the KALE critic (default: the checkpoint's sample.sampler)")
+    s.add_argument("--sampler", choices=("exact", "approx", "kale", "ddpm", "ddim"),
+                   help="DMMD: exact (interacting particles, any kernel), approx (independent particles, linear "
+                        "kernel), kale (ascend the KALE critic); DDPM baseline: ddpm (ancestral) or ddim, with "
+                        "sample.num_steps evaluations (default: the checkpoint's sample.sampler)")
     s.add_argument("--num-samples", type=int, default=100, help="number of samples (default 100)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed; sample i depends only on (seed, i) for the "
                    "approx and kale samplers (default 0)")
@@ -100,7 +104,12 @@ def cmd_train(args) -> int:
             raise config.ConfigError(f"{run_dir} is not a run folder (no config.json); pass the folder `dmmd train` wrote")
         cfg = config.load(run_dir / "config.json", args.overrides)
     else:
-        cfg = config.load(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if args.method:
+            overrides.insert(0, f"method={args.method}")
+            if args.method == "ddpm" and not any(o.strip().startswith("sample.sampler=") for o in overrides):
+                overrides.insert(1, "sample.sampler=ddpm")
+        cfg = config.load(args.config, overrides)
         if args.seed is not None:
             config.set_value(cfg, "seed", args.seed)
     if args.dry_run:
@@ -172,7 +181,8 @@ def cmd_sample(args) -> int:
     started = time.time()
     batch = args.num_samples if cfg.sample.sampler == "exact" else args.batch_size
     chunks = []
-    with tqdm(total=cfg.sample.num_levels * cfg.sample.steps_per_level * -(-args.num_samples // batch),
+    nfe = cfg.sample.num_steps if cfg.method == "ddpm" else cfg.sample.num_levels * cfg.sample.steps_per_level
+    with tqdm(total=nfe * -(-args.num_samples // batch),
               desc="sample", disable=args.no_progress, dynamic_ncols=True) as bar:
         for start in range(0, args.num_samples, batch):
             n = min(batch, args.num_samples - start)
@@ -193,7 +203,7 @@ def cmd_sample(args) -> int:
     save_samples_picture(picture, z.numpy(), kind, data.test.numpy() if data is not None and kind == "points" else None,
                          title=f"{cfg.sample.sampler} sampler, {len(z)} samples")
     report = {"sampler": cfg.sample.sampler, "settings": cfg.sample.__dict__, "num_samples": len(z),
-              "seconds": round(elapsed, 3), "nfe": cfg.sample.num_levels * cfg.sample.steps_per_level}
+              "seconds": round(elapsed, 3), "nfe": nfe}
     if data is not None:
         report["diversity"] = sample_report(z, data)
     atomic_write_text(out / "diversity.json", json.dumps(report, indent=2) + "\n")

@@ -82,7 +82,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "approx"  # exact | approx | kale
+    sampler: str = "approx"  # exact | approx | kale (DMMD); ddpm | ddim (method = ddpm)
     reading: str = "replay"  # approx particle term: own | data_noised | replay (SPEC 5 (a), (b), (c))
     num_levels: int = 10  # T
     steps_per_level: int = 10  # N_s
@@ -95,6 +95,8 @@ class SampleConfig:
     chunk_size: int = 1024  # particles per forward/backward chunk (bounds memory)
     num_reference: int = 2000  # exact sampler, non-linear kernels: data points used as reference
     replay_particles: int = 2000  # population of the exact run that reading (c) replays
+    num_steps: int = 100  # ddpm/ddim: network evaluations (NFE)
+    ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
 
 
 @dataclass
@@ -109,7 +111,7 @@ class Config:
 
 
 CHOICES = {
-    "method": ("dmmd",),
+    "method": ("dmmd", "ddpm"),
     "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "file", "folder"),
     "data.crop": ("resize_center_crop", "center_crop_resize"),
     "process.kind": ("vp", "blur"),
@@ -120,7 +122,7 @@ CHOICES = {
     "model.objective": ("mmd", "kale"),
     "train.on_nonfinite": ("stop", "skip"),
     "train.precision": ("fp32", "bf16"),
-    "sample.sampler": ("exact", "approx", "kale"),
+    "sample.sampler": ("exact", "approx", "kale", "ddpm", "ddim"),
     "sample.reading": ("own", "data_noised", "replay"),
     "sample.grid": ("uniform", "log_sigma"),
 }
@@ -128,11 +130,11 @@ POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.worker
             "model.time_dim", "model.base_channels", "model.num_res_blocks", "model.init_width",
             "train.steps", "train.batch_size", "train.num_levels", "train.lr", "train.log_every",
             "train.checkpoint_every", "train.keep_checkpoints", "sample.num_levels", "sample.steps_per_level", "sample.step_size",
-            "sample.chunk_size", "sample.num_reference", "sample.replay_particles", "process.beta_max",
+            "sample.chunk_size", "sample.num_reference", "sample.replay_particles", "sample.num_steps", "process.beta_max",
             "process.beta_min", "process.blur_max_width"}
 NON_NEGATIVE = {"train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
-                "sample.kernel_step_size"}
+                "sample.kernel_step_size", "sample.ddim_eta"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
 
 
@@ -256,6 +258,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"process.beta_min ({p.beta_min}) must not exceed process.beta_max ({p.beta_max})")
     if cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size must be >= 2 (the unbiased MMD needs two samples per set)")
+    baseline = cfg.sample.sampler in ("ddpm", "ddim")
+    if (cfg.method == "ddpm") != baseline:
+        raise ConfigError(f"method = {cfg.method!r} samples with " + ("sample.sampler = 'ddpm' or 'ddim'" if
+                          cfg.method == "ddpm" else "sample.sampler = 'exact', 'approx' or 'kale'")
+                          + f"; got {cfg.sample.sampler!r}")
+    if cfg.method == "ddpm" and cfg.process.kind != "vp":
+        raise ConfigError("method = 'ddpm' needs the Gaussian process (process.kind = 'vp')")
     if cfg.model.objective == "kale" and cfg.sample.sampler != "kale":
         raise ConfigError("model.objective = 'kale' needs sample.sampler = 'kale'")
     if cfg.sample.sampler == "approx" and cfg.model.kernel != "linear":

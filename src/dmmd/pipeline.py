@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, ProcessConfig, SampleConfig
-from .discriminator import Discriminator
+from .discriminator import Discriminator, build_discriminator
 from .noising import BlurProcess, Process, VPProcess, time_grid
 from .sampling import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
 
@@ -29,6 +29,16 @@ def build_process(cfg: ProcessConfig) -> Process:
     if cfg.kind == "blur":
         return BlurProcess(cfg.blur_max_width, cfg.blur_noise_std, t_min=cfg.t_min, t_max=cfg.t_max)
     return VPProcess(cfg.schedule, cfg.beta_min, cfg.beta_max, t_min=cfg.t_min, t_max=cfg.t_max)
+
+
+def build_model(cfg: Config, data_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The trained network of a method: DMMD's discriminator or the DDPM baseline's epsilon net
+    (the same backbone family, so comparisons share the architecture)."""
+    if cfg.method == "ddpm":
+        from .ddpm import build_eps_net
+
+        return build_eps_net(cfg.model, data_shape)
+    return build_discriminator(cfg.model, data_shape)
 
 
 def flow_settings(cfg: SampleConfig) -> FlowSettings:
@@ -83,6 +93,10 @@ def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process,
 def check_sampler(disc: Discriminator, cfg: Config, stats: dict, reference: Tensor | None = None) -> None:
     """Raise SamplerMismatch when cfg.sample's sampler cannot run on this model and its statistics."""
     s, settings = cfg.sample, flow_settings(cfg.sample)
+    if (cfg.method == "ddpm") != (s.sampler in ("ddpm", "ddim")):
+        raise SamplerMismatch(f"--sampler {s.sampler} does not fit a model trained with method = {cfg.method!r}")
+    if cfg.method == "ddpm":
+        return
     if s.sampler == "kale" and disc.objective != "kale":
         raise SamplerMismatch("the kale sampler needs a model trained with model.objective = 'kale'")
     if s.sampler != "kale" and disc.objective == "kale":
@@ -110,9 +124,14 @@ def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shap
     """Draw num_samples particles with the sampler named in cfg.sample (in model space)."""
     check_sampler(disc, cfg, stats, reference)
     s, settings = cfg.sample, flow_settings(cfg.sample)
-    grid = time_grid(process, settings.num_levels, settings.grid)
     noise = ParticleNoise(seed, num_samples, shape, start=start, device=device)
     z0 = noise.prior(process)
+    if cfg.method == "ddpm":
+        from . import ddpm
+
+        return ddpm.sample(disc, z0, process, s.num_steps, s.sampler, noise, progress,
+                           eta=s.ddim_eta if s.sampler == "ddim" else 0.0, chunk_size=s.chunk_size)
+    grid = time_grid(process, settings.num_levels, settings.grid)
     if s.sampler == "kale":
         return kale_flow(disc, z0, grid, settings, process, noise, progress)
     if s.sampler == "approx":
@@ -135,15 +154,13 @@ def load_model(path, device: str | torch.device = "cpu"):
     """(config, EMA discriminator in eval mode, stats, raw payload) from a checkpoint or run folder."""
     from . import checkpoint as ckpt
     from .config import from_dict, ConfigError
-    from .discriminator import build_discriminator
-
     payload = ckpt.load(path, map_location=device)
     try:
         cfg = from_dict(payload["config"])
     except (ConfigError, TypeError, KeyError) as err:
         raise ckpt.CheckpointError(f"checkpoint config is not valid for this dmmd: {err}") from None
     shape = tuple(payload.get("data_shape") or ())
-    disc = build_discriminator(cfg.model, shape).to(device)
+    disc = build_model(cfg, shape).to(device)
     prefix = "module."
     try:
         disc.load_state_dict({k[len(prefix):]: v for k, v in payload["ema"].items() if k.startswith(prefix)})

@@ -17,8 +17,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint as ckpt
 from .config import Config, to_json
-from .discriminator import Discriminator, build_discriminator
+from .pipeline import build_model
 from .distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
+from .ddpm import ddpm_loss
 from .losses import dmmd_loss
 from .pipeline import build_process, calibrate
 
@@ -29,7 +30,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainState:
-    disc: Discriminator
+    model: torch.nn.Module  # the DMMD discriminator, or the DDPM baseline's epsilon network
     ema: AveragedModel
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
@@ -56,22 +57,22 @@ def warmup_ema(decay: float):
 
 def new_state(cfg: Config, data_shape: tuple[int, ...], device: str | torch.device = "cpu") -> TrainState:
     torch.manual_seed(cfg.seed)  # parameter initialisation
-    disc = build_discriminator(cfg.model, data_shape).to(device)
-    ema = AveragedModel(disc, multi_avg_fn=warmup_ema(cfg.train.ema_decay), use_buffers=True)
-    opt = torch.optim.Adam(disc.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    model = build_model(cfg, data_shape).to(device)
+    ema = AveragedModel(model, multi_avg_fn=warmup_ema(cfg.train.ema_decay), use_buffers=True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    return TrainState(disc, ema, opt, gen, tuple(data_shape))
+    return TrainState(model, ema, opt, gen, tuple(data_shape))
 
 
 def state_payload(state: TrainState, cfg: Config) -> dict:
-    return {"config": to_json(cfg), "step": state.step, "data_shape": list(state.data_shape), "model": state.disc.state_dict(),
+    return {"config": to_json(cfg), "step": state.step, "data_shape": list(state.data_shape), "model": state.model.state_dict(),
             "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
             "rng": {"train": state.generator.get_state()}, "stats": state.stats or {}}
 
 
 def restore_state(state: TrainState, payload: dict) -> None:
     try:
-        state.disc.load_state_dict(payload["model"])
+        state.model.load_state_dict(payload["model"])
         state.ema.load_state_dict(payload["ema"])
         state.optimizer.load_state_dict(payload["optimizer"])
         state.generator.set_state(payload["rng"]["train"].cpu() if state.generator.device.type == "cpu"
@@ -112,21 +113,25 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
 
     Under data parallelism every rank draws the same global batch and holds the same weights."""
     tc, gen = cfg.train, state.generator
-    idx = torch.randint(0, len(train_data), (2 * tc.batch_size,), generator=gen, device=gen.device)
+    ddpm = cfg.method == "ddpm"  # the baseline: one batch, epsilon-prediction loss
+    idx = torch.randint(0, len(train_data), ((1 if ddpm else 2) * tc.batch_size,), generator=gen, device=gen.device)
     batch = _batch(train_data, idx, state.step)
-    x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
-    t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
-        tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-        loss, terms = dmmd_loss(state.disc, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
+    with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        if ddpm:
+            loss, terms = ddpm_loss(state.model, batch, process, gen)
+        else:
+            x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
+            t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
+                tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
+            loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
     state.optimizer.zero_grad(set_to_none=True)
     if bad is None:
         loss.backward()
-        all_reduce_gradients(state.disc.parameters(), ctx)
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.disc.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        all_reduce_gradients(state.model.parameters(), ctx)
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
         if not torch.isfinite(grad_norm):
             bad = "gradient"
     if bad is not None:
@@ -137,7 +142,7 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
         state.step += 1
         return {"skipped": bad}
     state.optimizer.step()
-    state.ema.update_parameters(state.disc)
+    state.ema.update_parameters(state.model)
     state.step += 1
     return {"loss": float(sum_over_ranks(loss.detach(), ctx)), **{k: float(v) for k, v in terms.items()}, "grad_norm": float(grad_norm)}
 
@@ -185,6 +190,8 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
 
     run_dir = Path(run_dir)
     ctx = init_from_env(cfg.train.device)
+    if ctx.active and cfg.method != "dmmd":
+        raise ValueError("multi-process training is implemented for method = 'dmmd' only")
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier(ctx)
@@ -205,7 +212,7 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
         if ctx.is_main:
             ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
         log.line(f"training {cfg.method} on {cfg.data.name}: {cfg.train.steps} steps, "
-                 f"{sum(p.numel() for p in state.disc.parameters())} parameters, {ctx.world_size} process(es)")
+                 f"{sum(p.numel() for p in state.model.parameters())} parameters, {ctx.world_size} process(es)")
     started = time.time()
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
@@ -221,7 +228,8 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
             save_checkpoint(state, cfg, run_dir)
     bar.close()
     if ctx.is_main:
-        state.stats = calibrate(state.ema.module, cfg, data, process, state.stats)
+        if cfg.method == "dmmd":
+            state.stats = calibrate(state.ema.module, cfg, data, process, state.stats)
         path = save_checkpoint(state, cfg, run_dir, final=True)
         log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
     shutdown(ctx)
