@@ -21,8 +21,6 @@ the comparison isolates the step formulas from float32 rounding. clip_sample=Fal
 prediction_type='epsilon', variance_type='fixed_small', thresholding off (the default).
 """
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -58,8 +56,8 @@ def _scheduler(kind):
     diffusers = pytest.importorskip("diffusers")
     tau, abar = _fine_abar()
     betas = torch.cat([1 - abar[:1], 1 - abar[1:] / abar[:-1]])
-    common = dict(num_train_timesteps=K, trained_betas=betas.tolist(), clip_sample=False,
-                  prediction_type="epsilon", timestep_spacing="leading", steps_offset=0)
+    common = {"num_train_timesteps": K, "trained_betas": betas.tolist(), "clip_sample": False,
+              "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 0}
     if kind == "ddpm":
         sched = diffusers.DDPMScheduler(variance_type="fixed_small", **common)
     else:
