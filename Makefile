@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# Spinning OpenMP threads slow a shared 2-core machine by an order of magnitude (see dmmd/__init__.py).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test venv clean
 
