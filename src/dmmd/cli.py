@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 EXIT_USAGE = 2
+STUDIES = {"kernel-width": "kernel_width", "flows": "flows", "pictures": "pictures", "optimal-width": "optimal_width"}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--kernels", default="", help="also train DMMD with these base kernels (e.g. rq,rbf) for the "
                    "kernel ablation")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    st = sub.add_parser("study", help="reproduce the paper's studies (kernel-width, flows, pictures, optimal-width)",
+                        description="Run a study module; arguments after the name go to it (see `dmmd study NAME "
+                        "--help`). docs/studies.md and docs/optimal_width.md describe them.")
+    st.add_argument("name", choices=sorted(STUDIES), help="which study")
+    st.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments, e.g. --out DIR --quick")
 
     e = sub.add_parser("evaluate", help="score a samples file against the held-out data",
                        description="Read samples.npz (array 'samples', in data space) and report diversity and "
@@ -269,6 +276,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f".studies.{STUDIES[args.name]}", __package__)
+    return int(module.main(args.args) or 0)
+
+
 def cmd_evaluate(args) -> int:
     from . import config
     from .checkpoint import atomic_write_text
@@ -305,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "sample": cmd_sample, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate,
-                "compare": cmd_compare}
+                "compare": cmd_compare, "study": cmd_study}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, SamplerMismatch, TrainingDiverged) as err:

@@ -1,5 +1,7 @@
-"""Figure 2 of the paper: the learned RBF width sigma(t) and MMD^2(P_t, P; t) against noise level t,
-with an MMD-GAN's single learned width against training iteration beside it (SPEC 7).
+"""Figure 2 of the paper: learned RBF widths and MMD^2(P_t, P; t), DMMD against MMD-GAN (SPEC 7).
+
+DMMD's width sigma(t) and MMD^2(P_t, P; t) are read against the noise level t, an MMD-GAN's single
+learned width against training iteration.
 
 DMMD side. Algorithm 1 (dmmd.training.train) with model.kernel = 'rbf': the discriminator is
 k_t(x, y) = exp(-||phi(x, t) - phi(y, t)||^2 / (2 sigma(t)^2)), phi a FiLM MLP, sigma(t) a small MLP of
@@ -32,12 +34,13 @@ and DIR/kernel_width.md (acceptance figures); ``--quick`` is a reduced run for t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -74,6 +77,24 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float((rx * ry).sum() / den) if den > 0 else math.nan
 
 
+def max_dip(values: Sequence[float]) -> float:
+    """Largest fall below the running maximum, as a share of the curve's range: 0 for a
+    non-decreasing curve, 1 when it ends at its minimum after its maximum. Tells "rises, then
+    flat with noise" (small) from "falls" (large), which a rank correlation on a plateau cannot."""
+    v = np.asarray(values, dtype=np.float64)
+    span = float(v.max() - v.min())
+    return float((np.maximum.accumulate(v) - v).max() / span) if span > 0 else 0.0
+
+
+RISING_RANGE = 0.4  # t <= 0.4: before the plateau that every width curve shows (chosen after seeing them)
+
+
+def rising_spearman(ts: Sequence[float], values: Sequence[float], t_max: float = RISING_RANGE) -> float:
+    ts, values = np.asarray(ts, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    keep = ts <= t_max
+    return spearman(ts[keep], values[keep]) if keep.sum() >= 3 else math.nan
+
+
 def preset(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> config_mod.Config:
     """configs/<name>.toml with overrides; the presets live in the repository, not the wheel."""
     path = Path(config_dir) / f"{name}.toml"
@@ -82,8 +103,9 @@ def preset(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_D
     return config_mod.load(path, list(overrides))
 
 
-def _rounded(values, digits: int = 5) -> list[float]:
-    return [round(float(v), digits) for v in values]
+def echo(message: str) -> None:
+    """Progress lines, flushed so that a redirected log shows them as they come."""
+    print(message, flush=True)
 
 
 # ------------------------------------------------------------------------------- DMMD readings
@@ -152,38 +174,43 @@ def train_raw_width(cfg: config_mod.Config, x: Tensor, steps: int, lr: float) ->
     return state.ema.module.eval()
 
 
+def _best_log_width(d_xx: Tensor, d_yy: Tensor, d_xy: Tensor, bounds: tuple[float, float], grid: int,
+                    iters: int) -> float:
+    """argmax over log w of unbiased MMD^2 from squared-distance blocks: a log grid finds the best
+    basin, golden-section search refines it (one new evaluation per step)."""
+    def value(log_w: float) -> float:
+        s = 2.0 * math.exp(2.0 * log_w)
+        return float(dv.mmd2_unbiased(torch.exp(-d_xx / s), torch.exp(-d_yy / s), torch.exp(-d_xy / s)))
+
+    logs = np.linspace(math.log(bounds[0]), math.log(bounds[1]), grid)
+    best = int(np.argmax([value(v) for v in logs]))
+    lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
+    golden = (math.sqrt(5) - 1) / 2
+    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+    fa, fb = value(a), value(b)
+    for _ in range(iters):  # keep the bracket around the larger value
+        if fa > fb:
+            hi, b, fb = b, a, fa
+            a = hi - golden * (hi - lo)
+            fa = value(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + golden * (hi - lo)
+            fb = value(b)
+    return (lo + hi) / 2
+
+
 def optimal_raw_width(x: Tensor, x_prime: Tensor, process: Process, ts: Tensor, seed: int = 0,
                       bounds: tuple[float, float] = (1e-3, 10.0), grid: int = 25, iters: int = 20) -> list[float]:
-    """Per t, argmax over w of unbiased MMD^2(raw x, raw x_prime noised to t): a log-width grid
-    finds the best basin, golden-section search over log-width refines it (SPEC 8's direct
-    optimisation; the grid alone shows the plateau as ties)."""
+    """Per t, argmax over w of unbiased MMD^2(raw x, raw x_prime noised to t) (SPEC 8's direct
+    optimisation; a grid alone shows the plateau as ties)."""
     gen = torch.Generator().manual_seed(seed)
     x = x.flatten(1).double()
-    golden = (math.sqrt(5) - 1) / 2
     out = []
     for t in ts.tolist():
         y = process.corrupt(x_prime.flatten(1).double(), t, generator=gen)
-        d_xx, d_yy, d_xy = dv.squared_distances(x, x), dv.squared_distances(y, y), dv.squared_distances(x, y)
-
-        def value(log_w: float) -> float:
-            s = 2.0 * math.exp(2.0 * log_w)
-            return float(dv.mmd2_unbiased(torch.exp(-d_xx / s), torch.exp(-d_yy / s), torch.exp(-d_xy / s)))
-
-        logs = np.linspace(math.log(bounds[0]), math.log(bounds[1]), grid)
-        best = int(np.argmax([value(v) for v in logs]))
-        lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
-        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        fa, fb = value(a), value(b)
-        for _ in range(iters):  # keep the bracket around the larger value; one new evaluation per step
-            if fa > fb:
-                hi, b, fb = b, a, fa
-                a = hi - golden * (hi - lo)
-                fa = value(a)
-            else:
-                lo, a, fa = a, b, fb
-                b = lo + golden * (hi - lo)
-                fb = value(b)
-        out.append(math.exp((lo + hi) / 2))
+        blocks = dv.squared_distances(x, x), dv.squared_distances(y, y), dv.squared_distances(x, y)
+        out.append(math.exp(_best_log_width(*blocks, bounds, grid, iters)))
     return out
 
 
@@ -207,7 +234,7 @@ class GANSettings:
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.SiLU())
@@ -345,8 +372,9 @@ def _dmmd_readings(disc, x, x_prime, process, ts, st: StudySettings) -> dict:
             "spearman_input_width": spearman(ts, win), "mmd2": mmd2, "spearman_mmd2": spearman(ts, mmd2)}
 
 
-def run_dataset(name: str, out: Path, st: StudySettings, log=print) -> dict:
+def run_dataset(name: str, out: Path, st: StudySettings, log=None) -> dict:
     """Every curve of the study for one data set (see the module docstring)."""
+    log = log or echo
     result: dict = {}
     overrides = DMMD_OVERRIDES[name] + [f"train.steps={st.dmmd_steps[name]}", "train.checkpoint_every=1000000"]
     cfg = preset(name, overrides)
@@ -437,25 +465,30 @@ def plot_dataset(name: str, r: dict, path: Path) -> None:
 
 
 def summary_markdown(results: dict) -> str:
-    lines = ["| data | curve | Spearman vs t (or iteration) | first -> last | accept (> 0.9) |", "|---|---|---|---|---|"]
+    lines = [(f"| data | curve | Spearman, all t | Spearman, t <= {RISING_RANGE} | max dip | first -> last | "
+              "Spearman > 0.9 |"), "|---|---|---|---|---|---|---|"]
 
-    def row(name, label, rho, values):
-        ok = "yes" if rho > 0.9 else "no"
-        lines.append(f"| {name} | {label} | {rho:.3f} | {values[0]:.3g} -> {values[-1]:.3g} | {ok} |")
+    def row(name, label, x, values, rho=None):
+        rho = spearman(x, values) if rho is None else rho
+        rising = rising_spearman(x, values) if len(x) == len(values) and x is not None else math.nan
+        lines.append(f"| {name} | {label} | {rho:.3f} | {rising:.3f} | {max_dip(values):.2f} | "
+                     f"{values[0]:.3g} -> {values[-1]:.3g} | {'yes' if rho > 0.9 else 'no'} |")
 
     for name, r in results.items():
+        t = r["t"]
         for k in (k for k in r if k.startswith("dmmd")):
             v = f"init {r[k]['init_width']:g}, width lr x{r[k]['width_lr_mult']:g}"
-            row(name, f"DMMD sigma(t), {v}", r[k]["spearman_width"], r[k]["width"])
-            row(name, f"DMMD sigma(t)/gain(t) (input units), {v}", r[k]["spearman_input_width"], r[k]["input_width"])
-            row(name, f"DMMD MMD^2(P_t, P; t), {v}", r[k]["spearman_mmd2"], r[k]["mmd2"])
+            row(name, f"DMMD sigma(t), {v}", t, r[k]["width"])
+            row(name, f"DMMD sigma(t)/gain(t) (input units), {v}", t, r[k]["input_width"])
+            row(name, f"DMMD MMD^2(P_t, P; t), {v}", t, r[k]["mmd2"])
         if "raw_inputs" in r:
-            raw = r["raw_inputs"]
-            row(name, "raw inputs: learned sigma(t)", raw["spearman_learned"], raw["learned_width"])
-            row(name, "raw inputs: optimal width", raw["spearman_optimal"], raw["optimal_width"])
+            row(name, "raw inputs: learned sigma(t)", t, r["raw_inputs"]["learned_width"])
+            row(name, "raw inputs: optimal width", t, r["raw_inputs"]["optimal_width"])
         gan = r["mmd_gan"]
-        row(name, "MMD-GAN width vs iteration", gan["spearman_width_iteration"], gan["width"])
-        row(name, "MMD-GAN MMD^2(P_t, P), final kernel", gan["spearman_level_mmd2"], gan["level_mmd2"])
+        w = gan["width"]
+        lines.append(f"| {name} | MMD-GAN width vs iteration | {gan['spearman_width_iteration']:.3f} | - | - | "
+                     f"{w[0]:.3g} -> {w[-1]:.3g} | - |")
+        row(name, "MMD-GAN MMD^2(P_t, P), final kernel", t, gan["level_mmd2"])
     return "\n".join(lines) + "\n"
 
 
@@ -464,12 +497,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the PNGs, kernel_width.json and kernel_width.md")
     p.add_argument("--quick", action="store_true", help="a reduced run (a few seconds; for tests)")
     p.add_argument("--data", nargs="+", choices=DATASETS, default=list(DATASETS))
+    p.add_argument("--no-variants", action="store_true",
+                   help="skip the extra 8-Gaussians runs (init width 0.2 and 4, width lr x50): about a third of the time")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     st = QUICK if args.quick else FULL
+    if args.no_variants:
+        st = StudySettings(**{**asdict(st), "variants": ()})
     started = time.time()
     results = {}
     for name in args.data:
