@@ -10,8 +10,9 @@ from dmmd.noising import VPProcess
 PROCESS = VPProcess()
 
 
-def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2):
-    """Per-level loop: unbiased MMD by double sums, GP by per-sample autograd, L2 by hand."""
+def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2, gp_rows=None):
+    """Per-level loop: unbiased MMD by double sums, GP by per-sample autograd, L2 by hand.
+    gp_rows: the penalty averages over the first gp_rows interpolates of each level (None: all)."""
     n_levels, batch = len(t_levels), x.shape[0]
     gen = torch.Generator().set_state(gen_state)
     noise = torch.randn((n_levels * batch, *x.shape[1:]), generator=gen, dtype=x.dtype)
@@ -31,8 +32,8 @@ def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2)
             kyy = sum(kernel(b[i:i + 1], b[k:k + 1])[0, 0] for i in range(batch) for k in range(batch) if i != k)
             kxy = sum(kernel(a[i:i + 1], b[k:k + 1])[0, 0] for i in range(batch) for k in range(batch))
             div = kxx / (batch * (batch - 1)) + kyy / (batch * (batch - 1)) - 2 * kxy / batch**2
-        gp = 0.0
-        for i in range(batch):
+        gp, penalised = 0.0, batch if gp_rows is None else gp_rows
+        for i in range(penalised):
             r = r_all[j * batch + i]
             u = (r * x[i] + (1 - r) * y[i]).detach().unsqueeze(0).requires_grad_(True)
             fu = disc.features(u, t)
@@ -43,7 +44,7 @@ def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2)
             (g,) = torch.autograd.grad(f, u, create_graph=True)
             excess = g.norm() - 1
             gp = gp + (excess.clamp(min=0) if disc.objective == "kale" else excess) ** 2
-        gp = gp / batch
+        gp = gp / penalised
         l2 = a.pow(2).mean() + b.pow(2).mean()
         total = total + (-div + lambda_gp * gp + lambda_l2 * l2)
         terms["div"] += div / n_levels
@@ -94,3 +95,30 @@ def test_loss_gradcheck_wrt_parameters():
 
     inputs = tuple(base[n].detach().clone().requires_grad_(True) for n in names)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fraction,rows", [(0.5, 3), (0.2, 1), (0.25, 2)])
+def test_gp_fraction_penalises_first_rows(fraction, rows):
+    """train.gp_fraction: the penalty is the mean over the first ceil(fraction B) interpolates of
+    every level; the MMD and L2 terms are unchanged."""
+    disc = small_disc("rbf")
+    gen = torch.Generator().manual_seed(4)
+    x, x_prime = torch.randn(5, 2, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    t_levels = torch.tensor([0.2, 0.7], dtype=torch.float64)
+    state = gen.get_state()
+    loss, terms = dmmd_loss(disc, x, x_prime, t_levels, PROCESS, 0.7, 0.3, generator=gen, gp_fraction=fraction)
+    ref, ref_terms = _reference_loss(disc, x, x_prime, t_levels, state, 0.7, 0.3, gp_rows=rows)
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(terms["gp"], ref_terms["gp"].detach(), rtol=0, atol=1e-10)
+    full, full_terms = dmmd_loss(disc, x, x_prime, t_levels, PROCESS, 0.7, 0.3,
+                                 generator=torch.Generator().set_state(state))
+    assert abs(float(full_terms["gp"] - terms["gp"])) > 1e-6  # a different estimate of the same penalty
+    torch.testing.assert_close(full_terms["mmd2"], terms["mmd2"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_gp_fraction_out_of_range(fraction):
+    disc = small_disc("linear")
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gp_fraction"):
+        dmmd_loss(disc, x, x, torch.tensor([0.5], dtype=torch.float64), PROCESS, 1.0, 0.1, gp_fraction=fraction)

@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
     if main_rank:
         print(f"run folder: {run_dir}")
     train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print,
-          stream=data.stream)
+          stream=data.stream, val_data=data.test)
     return 0
 
 

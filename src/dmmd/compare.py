@@ -89,7 +89,7 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
     for name, c in [("dmmd", cfg), ("ddpm", ddpm_cfg)]:
         started = time.time()
         echo(f"training {name} for {c.train.steps} steps")
-        state = train(c, data.train, out / name, progress=progress)
+        state = train(c, data.train, out / name, progress=progress, val_data=data.test)
         train_seconds[name] = round(time.time() - started, 1)
         trained[name] = (c, state.ema.module.eval().requires_grad_(False), state.stats or {})
     rows, grids = [], {}

@@ -67,6 +67,7 @@ class TrainConfig:
     num_levels: int = 2  # N_n noise levels per step
     lambda_gp: float = 1.0
     lambda_l2: float = 0.1
+    gp_fraction: float = 1.0  # share of each level's interpolates the gradient penalty sees, in (0, 1]
     lr: float = 2e-4
     beta1: float = 0.9
     beta2: float = 0.999
@@ -75,6 +76,7 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2  # keep the last K periodic checkpoints (the final one is always kept)
+    best_by: str = "val_loss"  # also keep checkpoints/best.pt, the lowest held-out loss at a checkpoint | none
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (keep the last good checkpoint) | skip the step
     device: str = "cpu"  # cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast of the loss; weights and optimizer stay float32)
@@ -121,6 +123,7 @@ CHOICES = {
     "model.kernel": ("linear", "rbf", "rq"),
     "model.objective": ("mmd", "kale"),
     "train.on_nonfinite": ("stop", "skip"),
+    "train.best_by": ("val_loss", "none"),
     "train.precision": ("fp32", "bf16"),
     "sample.sampler": ("exact", "approx", "kale", "ddpm", "ddim"),
     "sample.reading": ("own", "data_noised", "replay"),
@@ -256,6 +259,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"need 0 <= process.t_min < process.t_max <= 1, got {p.t_min} and {p.t_max}")
     if p.beta_min > p.beta_max:
         raise ConfigError(f"process.beta_min ({p.beta_min}) must not exceed process.beta_max ({p.beta_max})")
+    if not 0 < cfg.train.gp_fraction <= 1:
+        raise ConfigError(f"train.gp_fraction must be in (0, 1], got {cfg.train.gp_fraction}")
     if cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size must be >= 2 (the unbiased MMD needs two samples per set)")
     baseline = cfg.sample.sampler in ("ddpm", "ddim")

@@ -4,18 +4,23 @@ For each of N_n levels t_j (one level shared by the batch at that level):
     a = phi(x, t_j),  b = phi(y, t_j),  y = corrupt(x', t_j)      (x, x' independent batches)
     loss_j = -MMD2_unbiased(a, b) + lambda_gp * GP_j + lambda_l2 * L2_j
     GP_j   = mean_u (||grad_u f_j(u)|| - 1)^2,  u = r x + (1 - r) y,  r ~ U[0, 1] per sample
+             (train.gp_fraction < 1: the mean over the first ceil(gp_fraction B) interpolates only)
              f_j the batch witness at level t_j (features of x and y not detached)
     L2_j   = mean(a^2) + mean(b^2)
 Loss = mean_j loss_j. KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
 and uses a one-sided penalty relu(||grad h|| - 1)^2 (SPEC 8).
 
-All levels go through the backbone in one forward pass of 3 N_n B inputs. Under data-parallel
+All levels' clean and corrupted inputs go through the backbone in one forward pass of 2 N_n B
+inputs, the interpolates in a second one, so that the input gradient and its double backward
+run over the interpolates' graph only (1.4-1.9x faster than one pass of 3 N_n B; same loss). Under data-parallel
 training (dmmd.distributed) x and x' are the global batch, identical on every rank; a rank
 featurises only its slice, gathers features for the MMD of the whole batch, and normalises its
 local penalty sums by the global count, so the loss summed over ranks is the single-process loss.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -30,9 +35,16 @@ def _repeat(x: Tensor, times: int) -> Tensor:
     return x.repeat(times, *([1] * (x.ndim - 1)))
 
 
+def gp_rows_per_rank(local: int, gp_fraction: float) -> int:
+    """Interpolates per level block that the gradient penalty sees on one rank."""
+    if not 0.0 < gp_fraction <= 1.0:
+        raise ValueError(f"gp_fraction must be in (0, 1], got {gp_fraction}")
+    return max(1, math.ceil(gp_fraction * local - 1e-9))
+
+
 def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
               lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
-              ctx: Context = Context()) -> tuple[Tensor, dict]:
+              ctx: Context = Context(), gp_fraction: float = 1.0) -> tuple[Tensor, dict]:
     """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
     kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss."""
     num_levels, batch = t_levels.shape[0], x.shape[0]
@@ -49,10 +61,14 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
         lo = ctx.rank * local
         rows = torch.cat([torch.arange(j * batch + lo, j * batch + lo + local) for j in range(num_levels)])
         xs, ys, u, t = xs[rows], ys[rows], u[rows], t[rows]
-    u = u.detach().requires_grad_(True)
-    feats = disc.features(torch.cat([xs, ys, u]), torch.cat([t, t, t]))
-    a_loc, b_loc, fu = (f.view(num_levels, local, -1) for f in feats.chunk(3))  # each (L, B_local, D)
+    a_loc, b_loc = disc.features(torch.cat([xs, ys]), torch.cat([t, t])).view(2, num_levels, local, -1).unbind(0)
     a, b = gather_rows(a_loc, 1, ctx), gather_rows(b_loc, 1, ctx)  # (L, B, D)
+    gp_rows = gp_rows_per_rank(local, gp_fraction)
+    if gp_rows < local:  # the penalty on the first gp_rows interpolates of every level block
+        keep = (torch.arange(num_levels).view(-1, 1) * local + torch.arange(gp_rows).view(1, -1)).flatten()
+        u, t = u[keep.to(u.device)], t[keep.to(t.device)]
+    u = u.detach().requires_grad_(True)
+    fu = disc.features(u, t).view(num_levels, gp_rows, -1)  # (L, gp_rows, D)
 
     if disc.objective == "kale":
         h_a, h_b, h_u = (disc.critic_value(f.reshape(-1, f.shape[-1])).view(num_levels, -1) for f in (a, b, fu))
@@ -73,8 +89,9 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
     (grad_u,) = torch.autograd.grad(witness_values.sum(), u, create_graph=True)
     grad_norm = grad_u.flatten(1).norm(dim=1)
     excess = grad_norm - 1.0
-    count = num_levels * batch  # global number of interpolates (and of rows per feature set)
-    gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).sum() / count
+    count = num_levels * batch  # global number of rows per feature set
+    gp_count = num_levels * gp_rows * ctx.world_size  # global number of penalised interpolates
+    gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).sum() / gp_count
     l2 = (a_loc.pow(2).sum() + b_loc.pow(2).sum()) / (count * a_loc.shape[-1])
     loss = -divergence.mean() / ctx.world_size + lambda_gp * gp + lambda_l2 * l2
     name = "kale" if disc.objective == "kale" else "mmd2"

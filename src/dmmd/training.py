@@ -37,6 +37,7 @@ class TrainState:
     data_shape: tuple[int, ...] = ()
     step: int = 0
     stats: dict | None = None
+    best: dict | None = None  # {"step", "val_loss"} of checkpoints/best.pt (train.best_by = 'val_loss')
 
 
 def warmup_ema(decay: float):
@@ -67,7 +68,8 @@ def new_state(cfg: Config, data_shape: tuple[int, ...], device: str | torch.devi
 def state_payload(state: TrainState, cfg: Config) -> dict:
     return {"config": to_json(cfg), "step": state.step, "data_shape": list(state.data_shape), "model": state.model.state_dict(),
             "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
-            "rng": {"train": state.generator.get_state()}, "stats": state.stats or {}}
+            "rng": {"train": state.generator.get_state()}, "stats": state.stats or {},
+            "best": state.best or {}}
 
 
 def restore_state(state: TrainState, payload: dict) -> None:
@@ -80,6 +82,7 @@ def restore_state(state: TrainState, payload: dict) -> None:
     except (KeyError, RuntimeError, ValueError) as err:
         raise ckpt.CheckpointError(f"checkpoint does not match this config's model: {str(err).splitlines()[0]}") from None
     state.step, state.stats = int(payload["step"]), payload.get("stats") or None
+    state.best = payload.get("best") or None
 
 
 class StreamSource:
@@ -123,7 +126,8 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
             x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
-            loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx)
+            loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
+                                    tc.gp_fraction)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
@@ -147,11 +151,40 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
     return {"loss": float(sum_over_ranks(loss.detach(), ctx)), **{k: float(v) for k, v in terms.items()}, "grad_norm": float(grad_norm)}
 
 
-def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool = False) -> Path:
+VAL_LEVELS = 8  # noise levels of the held-out loss, evenly spread over [t_min, t_max]
+VAL_BATCH = 256  # held-out rows per set (DMMD: two disjoint sets, clean and corrupted)
+VAL_SEED = 12345  # the held-out loss draws from its own generator: training's stream is untouched
+
+
+def validation_loss(model: torch.nn.Module, val_data: torch.Tensor, process, cfg: Config) -> float:
+    """Algorithm 1's loss (DMMD) or the epsilon loss (DDPM) of `model` on held-out data, with fixed
+    levels and a fixed seed, so that values at different steps compare (lower is better)."""
+    gen = torch.Generator(device=val_data.device).manual_seed(VAL_SEED)
+    if cfg.method == "ddpm":
+        with torch.no_grad():
+            return float(ddpm_loss(model, val_data[:VAL_BATCH], process, gen)[0])
+    half = min(VAL_BATCH, len(val_data) // 2)
+    x, x_prime = val_data[:half], val_data[half:2 * half]
+    levels = process.t_min + (process.t_max - process.t_min) * (torch.arange(VAL_LEVELS, dtype=torch.float64) + 0.5) / VAL_LEVELS
+    loss, _ = dmmd_loss(model, x, x_prime, levels, process, cfg.train.lambda_gp, cfg.train.lambda_l2, gen)
+    return float(loss.detach())
+
+
+def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool = False,
+                    val_loss: float | None = None) -> Path:
+    """Write a periodic (or the final) checkpoint and point `latest` at it; with val_loss, also
+    copy it to best.pt when it is the lowest so far; keep the last train.keep_checkpoints."""
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     name = "final.pt" if final else f"step_{state.step:08d}.pt"
-    ckpt.save(folder / name, state_payload(state, cfg))
+    improved = val_loss is not None and math.isfinite(val_loss) and (
+        state.best is None or val_loss < state.best["val_loss"])
+    if improved:
+        state.best = {"step": state.step, "val_loss": val_loss}
+    payload = state_payload(state, cfg)
+    if improved:  # best.pt first: a kill between the two writes leaves the previous latest intact
+        ckpt.save(folder / "best.pt", payload)
+    ckpt.save(folder / name, payload)
     ckpt.atomic_write_text(run_dir / ckpt.LATEST, f"checkpoints/{name}\n")
     periodic = sorted(folder.glob("step_*.pt"))
     for old in periodic[: max(0, len(periodic) - cfg.train.keep_checkpoints)]:
@@ -181,11 +214,13 @@ class RunLog:
 
 
 def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bool = False,
-          progress: bool = True, echo=None, stream=None) -> TrainState:
+          progress: bool = True, echo=None, stream=None, val_data: torch.Tensor | None = None) -> TrainState:
     """Run Algorithm 1 for cfg.train.steps, checkpointing into run_dir; returns the final state.
 
     train_data: the training set in memory; with `stream` (a disk-backed data set) batches are read
-    from the stream and train_data only serves to calibrate the sampler statistics at the end."""
+    from the stream and train_data only serves to calibrate the sampler statistics at the end.
+    val_data: held-out data; with train.best_by = 'val_loss' the EMA model's loss on it is taken at
+    every checkpoint, logged, and the lowest one's checkpoint kept as checkpoints/best.pt."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -213,6 +248,19 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
             ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
         log.line(f"training {cfg.method} on {cfg.data.name}: {cfg.train.steps} steps, "
                  f"{sum(p.numel() for p in state.model.parameters())} parameters, {ctx.world_size} process(es)")
+    val = None
+    if cfg.train.best_by == "val_loss" and val_data is not None and len(val_data) >= 4:
+        val = val_data.to(device)
+    elif cfg.train.best_by == "val_loss" and not resume:
+        log.line("no held-out data (at least 4 rows): best.pt is not kept")
+
+    def held_out(state: TrainState, log: RunLog) -> float | None:
+        if val is None:
+            return None
+        value = validation_loss(state.ema.module, val, process, cfg)
+        log.metrics({"step": state.step, "val_loss": value})
+        return value
+
     started = time.time()
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
@@ -225,12 +273,12 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
             log.metrics({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "grad_norm"})
         if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps and ctx.is_main:
-            save_checkpoint(state, cfg, run_dir)
+            save_checkpoint(state, cfg, run_dir, val_loss=held_out(state, log))
     bar.close()
     if ctx.is_main:
         if cfg.method == "dmmd":
             state.stats = calibrate(state.ema.module, cfg, data, process, state.stats)
-        path = save_checkpoint(state, cfg, run_dir, final=True)
+        path = save_checkpoint(state, cfg, run_dir, final=True, val_loss=held_out(state, log))
         log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
     shutdown(ctx)
     return state

@@ -49,8 +49,10 @@ class FiLMBlock(nn.Module):
         self.fc1 = nn.Linear(width, width)
         self.fc2 = nn.Linear(width, width)
 
-    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
-        scale, shift = self.film(temb).chunk(2, dim=1)
+    def forward(self, h: Tensor, temb: Tensor, index: Tensor | None = None) -> Tensor:
+        """temb holds one row per distinct time; index (N,) picks each input's row (None: one row each)."""
+        film = self.film(temb)
+        scale, shift = (film if index is None else film[index]).chunk(2, dim=1)
         u = self.norm(h) * (1 + scale) + shift
         return h + self.fc2(torch.nn.functional.silu(self.fc1(torch.nn.functional.silu(u))))
 
@@ -69,7 +71,9 @@ class FeatureMLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         h = self.inp(x.reshape(x.shape[0], -1))
-        temb = self.time(broadcast_time(t, x.shape[0], x.device))
+        # a batch holds few distinct times (one per level): embed and modulate once per time
+        times, index = torch.unique(broadcast_time(t, x.shape[0], x.device), return_inverse=True)
+        temb = self.time(times)
         for block in self.blocks:
-            h = block(h, temb)
+            h = block(h, temb, index)
         return self.out(h)
