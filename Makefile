@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Spinning OpenMP threads slow a shared 2-core machine by an order of magnitude (see dmmd/__init__.py).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# the cost benchmarks against their targets (about 15 minutes here): benchmarks/results/summary.md
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs/demo

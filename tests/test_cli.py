@@ -28,7 +28,7 @@ def test_train_writes_run_folder(run_dir):
     assert (run_dir / "log.txt").read_text().strip()
     assert (run_dir / "latest").read_text().strip() == "checkpoints/final.pt"
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-    assert kept == ["final.pt", "step_00000005.pt", "step_00000010.pt"]
+    assert kept == ["best.pt", "final.pt", "step_00000005.pt", "step_00000010.pt"]
     assert not list(run_dir.rglob("*.tmp"))
 
 

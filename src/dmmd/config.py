@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -78,8 +79,10 @@ class TrainConfig:
     keep_checkpoints: int = 2  # keep the last K periodic checkpoints (the final one is always kept)
     best_by: str = "val_loss"  # also keep checkpoints/best.pt, the lowest held-out loss at a checkpoint | none
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (keep the last good checkpoint) | skip the step
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the loss; weights and optimizer stay float32)
+    channels_last: bool = False  # image backbones: channels-last weights and batches (faster convs on CUDA)
+    compile: bool = False  # torch.compile the network; not with the gradient penalty (double backward)
 
 
 @dataclass
@@ -259,6 +262,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"need 0 <= process.t_min < process.t_max <= 1, got {p.t_min} and {p.t_max}")
     if p.beta_min > p.beta_max:
         raise ConfigError(f"process.beta_min ({p.beta_min}) must not exceed process.beta_max ({p.beta_max})")
+    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", cfg.train.device):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {cfg.train.device!r}")
+    if cfg.train.compile and cfg.method == "dmmd" and cfg.train.lambda_gp > 0:
+        raise ConfigError("train.compile needs method = 'ddpm' or train.lambda_gp = 0: torch.compile does not "
+                          "support the double backward of DMMD's gradient penalty (sampling can compile: "
+                          "dmmd sample --compile)")
     if not 0 < cfg.train.gp_fraction <= 1:
         raise ConfigError(f"train.gp_fraction must be in (0, 1], got {cfg.train.gp_fraction}")
     if cfg.train.batch_size < 2:

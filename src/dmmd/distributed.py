@@ -38,11 +38,14 @@ class Context:
 
 def init_from_env(device: str) -> Context:
     """Join the process group torchrun describes in the environment (or run alone)."""
+    from .device import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Context(device=torch.device(device))
+        return Context(device=resolve_device(device))
+    resolve_device(device)  # a one-line error when CUDA is asked for and absent
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.device(device).type == "cuda"
+    cuda = resolve_device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint as ckpt
 from .config import Config, to_json
+from .device import as_layout, prepare_model
 from .pipeline import build_model
 from .distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
 from .ddpm import ddpm_loss
@@ -59,7 +60,9 @@ def warmup_ema(decay: float):
 def new_state(cfg: Config, data_shape: tuple[int, ...], device: str | torch.device = "cpu") -> TrainState:
     torch.manual_seed(cfg.seed)  # parameter initialisation
     model = build_model(cfg, data_shape).to(device)
+    prepare_model(model, cfg.train.channels_last)
     ema = AveragedModel(model, multi_avg_fn=warmup_ema(cfg.train.ema_decay), use_buffers=True)
+    prepare_model(model, compile=cfg.train.compile)  # after the EMA copy: the average is not compiled
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     return TrainState(model, ema, opt, gen, tuple(data_shape))
@@ -118,7 +121,7 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
     tc, gen = cfg.train, state.generator
     ddpm = cfg.method == "ddpm"  # the baseline: one batch, epsilon-prediction loss
     idx = torch.randint(0, len(train_data), ((1 if ddpm else 2) * tc.batch_size,), generator=gen, device=gen.device)
-    batch = _batch(train_data, idx, state.step)
+    batch = as_layout(_batch(train_data, idx, state.step), tc.channels_last)
     with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
         if ddpm:
             loss, terms = ddpm_loss(state.model, batch, process, gen)
@@ -214,19 +217,24 @@ class RunLog:
 
 
 def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bool = False,
-          progress: bool = True, echo=None, stream=None, val_data: torch.Tensor | None = None) -> TrainState:
+          progress: bool = True, echo=None, stream=None, val_data: torch.Tensor | None = None,
+          max_seconds: float | None = None) -> TrainState:
     """Run Algorithm 1 for cfg.train.steps, checkpointing into run_dir; returns the final state.
 
     train_data: the training set in memory; with `stream` (a disk-backed data set) batches are read
     from the stream and train_data only serves to calibrate the sampler statistics at the end.
     val_data: held-out data; with train.best_by = 'val_loss' the EMA model's loss on it is taken at
-    every checkpoint, logged, and the lowest one's checkpoint kept as checkpoints/best.pt."""
+    every checkpoint, logged, and the lowest one's checkpoint kept as checkpoints/best.pt.
+    max_seconds: stop (with the final checkpoint) once this much wall-clock has passed, even
+    before cfg.train.steps (equal-time budgets in `dmmd compare`; not exact-resume material)."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
     ctx = init_from_env(cfg.train.device)
     if ctx.active and cfg.method != "dmmd":
         raise ValueError("multi-process training is implemented for method = 'dmmd' only")
+    if ctx.active and max_seconds is not None:
+        raise ValueError("a time budget needs one process (ranks would stop at different steps)")
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier(ctx)
@@ -265,6 +273,9 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
     while state.step < cfg.train.steps:
+        if max_seconds is not None and time.time() - started >= max_seconds:
+            log.line(f"time budget of {max_seconds:.1f} s reached at step {state.step}")
+            break
         record = train_step(state, source, process, cfg, ctx)
         bar.update(1)
         if "skipped" in record:

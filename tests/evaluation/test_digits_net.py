@@ -6,12 +6,21 @@ from dmmd.evaluation.digits_net import WEIGHTS, digits_scores, load_classifier, 
 
 
 def test_shipped_weights_are_reproduced_by_the_script():
+    """The script remakes the shipped classifier. Bit for bit only on the CPU that made the file: 300
+    Adam steps amplify the last-bit differences between CPUs' float32 kernels (seen: 1.4-2.2% relative
+    change of the hidden weights on an AMD EPYC, identical predictions). So: each tensor within 5%
+    (relative norm) and the same predicted class for every held-out and training digit."""
     torch.set_num_threads(1)
     net, acc = train_classifier()
     shipped = load_file(WEIGHTS)
     assert acc > 0.95
     for k, v in net.state_dict().items():
-        torch.testing.assert_close(v, shipped[k], rtol=0, atol=1e-6)
+        assert float((v - shipped[k]).norm() / shipped[k].norm()) < 0.05, k
+    data = load_digits()
+    reference = load_classifier()
+    with torch.no_grad():
+        for x in (data.test, data.train):
+            assert torch.equal(net(x).argmax(1), reference(x).argmax(1))
     assert WEIGHTS.stat().st_size < 1_000_000
 
 

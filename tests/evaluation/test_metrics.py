@@ -22,7 +22,6 @@ from dmmd.evaluation.metrics import (
     inception_score,
     kid,
     kid_subset_indices,
-    load_inception_fid,
     median_heuristic,
     mmd_rbf,
     polynomial_mmd2_unbiased,
@@ -212,7 +211,3 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="bandwidth"):
         mmd_rbf(np.zeros((3, 2)), np.ones((3, 2)), bandwidth=0.0)
 
-
-def test_load_inception_fid_missing_weights(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05"):
-        load_inception_fid(tmp_path / "missing.pth")

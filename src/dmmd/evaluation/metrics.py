@@ -2,7 +2,8 @@
 
 Every function takes torch tensors or numpy arrays of shape (N, D), computes in float64 on
 the CPU and returns python floats. Pairwise quantities use the chunked distance helpers of
-``dmmd.evaluation.diversity``: no full N x M matrix is built.
+``dmmd.evaluation.diversity``: no full N x M matrix is built. The standard-Inception FID and IS,
+on images, live in ``dmmd.evaluation.inception``.
 """
 
 from __future__ import annotations
@@ -278,25 +279,3 @@ def fid_torchmetrics(real: Any, fake: Any, feature_extractor: torch.nn.Module, b
             for i in range(0, data.shape[0], batch_size):
                 metric.update(data[i : i + batch_size], real=is_real)
         return float(metric.compute())
-
-
-_INCEPTION_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-)
-
-
-def load_inception_fid(weights_path: str | Path) -> Any:
-    """Standard-Inception FID metric (torchmetrics, 2048 pool features) from local weights.
-
-    Needs torch-fidelity installed and the weights file on disk (no downloads here).
-    """
-    path = Path(weights_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Inception weights not found at {path}: download torch-fidelity's pt_inception-2015-12-05 weights "
-            f"(as used by torchmetrics) from {_INCEPTION_URL} and pass that file's path "
-            "(e.g. data/weights/weights-inception-2015-12-05-6726825d.pth; also needs `pip install torch-fidelity`)"
-        )
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), normalize=True)

@@ -12,11 +12,12 @@ import torch
 from torch import Tensor, nn
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Transformer-style features of t in [0, 1] (scaled by 1000 as in DDPM): (N,) -> (N, dim)."""
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1000.0) -> Tensor:
+    """Transformer-style features of t in [0, 1] (t scaled by 1000 as in DDPM): (N,) -> (N, dim).
+    The fastest feature turns `scale` radians per unit of t, the slowest scale / max_period."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float().view(-1, 1) * freqs.view(1, -1)
+    args = scale * t.float().view(-1, 1) * freqs.view(1, -1)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
