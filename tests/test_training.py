@@ -106,3 +106,23 @@ def test_best_by_none_keeps_no_best(tmp_path):
     train(cfg, data.train, tmp_path, progress=False, val_data=data.test)
     assert not (tmp_path / "checkpoints" / "best.pt").exists()
     assert "val_loss" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_train_threads_set_during_training_and_restored(tmp_path, monkeypatch):
+    import dmmd.training as training
+    from dmmd.data.datasets import load_dataset
+
+    seen = []
+    real_step = training.train_step
+    monkeypatch.setattr(training, "train_step", lambda *a, **k: (seen.append(torch.get_num_threads()), real_step(*a, **k))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = config.load(None, ARGS + ["train.steps=2", "train.threads=1"])
+        data = load_dataset(cfg.data, cfg.seed)
+        training.train(cfg, data.train, tmp_path, progress=False)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(config.ConfigError, match="train.threads"):
+        config.load(None, ARGS + ["train.threads=-1"])

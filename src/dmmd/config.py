@@ -79,6 +79,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # keep the last K periodic checkpoints (the final one is always kept)
     best_by: str = "val_loss"  # also keep checkpoints/best.pt, the lowest held-out loss at a checkpoint | none
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (keep the last good checkpoint) | skip the step
+    threads: int = 0  # CPU threads for training (torch.set_num_threads); 0 = torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the loss; weights and optimizer stay float32)
     channels_last: bool = False  # image backbones: channels-last weights and batches (faster convs on CUDA)
@@ -138,7 +139,7 @@ POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.worker
             "train.checkpoint_every", "train.keep_checkpoints", "sample.num_levels", "sample.steps_per_level", "sample.step_size",
             "sample.chunk_size", "sample.num_reference", "sample.replay_particles", "sample.num_steps", "process.beta_max",
             "process.beta_min", "process.blur_max_width"}
-NON_NEGATIVE = {"train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
+NON_NEGATIVE = {"train.threads", "train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
                 "sample.kernel_step_size", "sample.ddim_eta"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}

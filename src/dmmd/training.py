@@ -227,9 +227,19 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     every checkpoint, logged, and the lowest one's checkpoint kept as checkpoints/best.pt.
     max_seconds: stop (with the final checkpoint) once this much wall-clock has passed, even
     before cfg.train.steps (equal-time budgets in `dmmd compare`; not exact-resume material)."""
+    threads = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        return _train(cfg, train_data, Path(run_dir), resume, progress, echo, stream, val_data, max_seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, progress: bool, echo, stream,
+           val_data: torch.Tensor | None, max_seconds: float | None) -> TrainState:
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
     ctx = init_from_env(cfg.train.device)
     if ctx.active and cfg.method != "dmmd":
         raise ValueError("multi-process training is implemented for method = 'dmmd' only")
