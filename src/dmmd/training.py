@@ -155,7 +155,7 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
 
 
 VAL_LEVELS = 8  # noise levels of the held-out loss, evenly spread over [t_min, t_max]
-VAL_BATCH = 256  # held-out rows per set (DMMD: two disjoint sets, clean and corrupted)
+VAL_BATCH = 256  # held-out rows per set, at most train.batch_size (DMMD: two disjoint sets, clean and corrupted)
 VAL_SEED = 12345  # the held-out loss draws from its own generator: training's stream is untouched
 
 
@@ -166,11 +166,14 @@ def validation_loss(model: torch.nn.Module, val_data: torch.Tensor, process, cfg
     if cfg.method == "ddpm":
         with torch.no_grad():
             return float(ddpm_loss(model, val_data[:VAL_BATCH], process, gen)[0])
-    half = min(VAL_BATCH, len(val_data) // 2)
+    half = min(VAL_BATCH, cfg.train.batch_size, len(val_data) // 2)
     x, x_prime = val_data[:half], val_data[half:2 * half]
     levels = process.t_min + (process.t_max - process.t_min) * (torch.arange(VAL_LEVELS, dtype=torch.float64) + 0.5) / VAL_LEVELS
-    loss, _ = dmmd_loss(model, x, x_prime, levels, process, cfg.train.lambda_gp, cfg.train.lambda_l2, gen)
-    return float(loss.detach())
+    total = 0.0
+    for j in range(VAL_LEVELS):  # one level at a time: memory stays below a training step's
+        loss, _ = dmmd_loss(model, x, x_prime, levels[j:j + 1], process, cfg.train.lambda_gp, cfg.train.lambda_l2, gen)
+        total += float(loss.detach())
+    return total / VAL_LEVELS
 
 
 def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool = False,
