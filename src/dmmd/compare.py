@@ -95,21 +95,21 @@ def _dmmd_row(model, cfg, stats, process, data, n, seed, label, **sample_changes
     per_sample = (time.time() - started) / n
     return {"model": label, "sampler": s.sampler, "reading": s.reading if s.sampler == "approx" else "-",
             "nfe": s.num_levels * s.steps_per_level, "T": s.num_levels, "Ns": s.steps_per_level,
-            "eta": s.kernel_step_size or s.step_size if cfg.model.kernel != "linear" and s.sampler == "exact"
+            "eta": (s.kernel_step_size or s.step_size) if cfg.model.kernel != "linear" and s.sampler == "exact"
             else s.step_size, "renoise": s.renoise,
             "seconds_per_sample": per_sample, **score(z, data)}, z, stats
 
 
-def _tune(model, cfg, stats, process, data, nfe, num_samples, seed, echo) -> tuple[dict, list[dict], dict]:
-    """The tuning_grid setting with the best headline metric against the training split."""
+def _tune(model, cfg, stats, process, data, candidates, num_samples, seed) -> tuple[dict, list[dict], dict]:
+    """Of `candidates` (sample.* changes), the one with the best headline metric against the
+    training split (never the held-out data); returns (chosen change, trials, stats)."""
     selection = Dataset(data.train, data.train[: len(data.test)], data.kind, data.name)
     trials = []
-    for change in tuning_grid(nfe, cfg.sample.renoise):
+    for change in candidates:
         row, _, stats = _dmmd_row(model, cfg, stats, process, selection, num_samples, seed, "trial", **change)
         trials.append({**change, "train_metric": row["metric"]})
     finite = [t for t in trials if np.isfinite(t["train_metric"])] or trials
     best = min(finite, key=lambda t: t["train_metric"])
-    echo(f"tuned NFE {nfe}: {best}")
     return {k: v for k, v in best.items() if k != "train_metric"}, trials, stats
 
 
@@ -142,7 +142,9 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
         grids[("dmmd", nfe)] = z
         echo(json.dumps({k: row[k] for k in ("model", "nfe", "metric")}))
         if tune:
-            best, trials, stats = _tune(model, c, stats, process, data, nfe, num_samples, seed, echo)
+            best, trials, stats = _tune(model, c, stats, process, data, tuning_grid(nfe, c.sample.renoise),
+                                        num_samples, seed)
+            echo(f"tuned NFE {nfe}: {best}")
             row, z, stats = _dmmd_row(model, c, stats, process, data, num_samples, seed, "dmmd tuned", **best)
             rows.append(row)
             tuning[nfe] = {"chosen": best, "trials": trials}
@@ -176,12 +178,8 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
         kmodel = state.ema.module.eval().requires_grad_(False)
         change = {}
         if tune:  # pairwise repulsion needs its own step size (SPEC 8): chosen on the training split
-            selection = Dataset(data.train, data.train[: len(data.test)], data.kind, data.name)
-            trials = [{"kernel_step_size": eta, "train_metric": _dmmd_row(
-                kmodel, kc, {}, process, selection, num_samples, seed, "trial", kernel_step_size=eta)[0]["metric"]}
-                for eta in KERNEL_STEP_SIZES]
-            best = min(trials, key=lambda t: t["train_metric"] if np.isfinite(t["train_metric"]) else np.inf)
-            change = {"kernel_step_size": best["kernel_step_size"]}
+            change, trials, _ = _tune(kmodel, kc, {}, process, data,
+                                      [{"kernel_step_size": eta} for eta in KERNEL_STEP_SIZES], num_samples, seed)
             tuning[f"{kernel}_kernel"] = {"chosen": change, "trials": trials}
         row, _, _ = _dmmd_row(kmodel, kc, {}, process, data, num_samples, seed, f"dmmd: {kernel} kernel (exact)", **change)
         ablations.append(row)

@@ -116,6 +116,8 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # train.device and `dmmd sample --device`
+
 CHOICES = {
     "method": ("dmmd", "ddpm"),
     "data.name": ("digits", "eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "mnist", "cifar10", "file", "folder"),
@@ -263,7 +265,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"need 0 <= process.t_min < process.t_max <= 1, got {p.t_min} and {p.t_max}")
     if p.beta_min > p.beta_max:
         raise ConfigError(f"process.beta_min ({p.beta_min}) must not exceed process.beta_max ({p.beta_max})")
-    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", cfg.train.device):
+    if not DEVICE_PATTERN.match(cfg.train.device):
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {cfg.train.device!r}")
     if cfg.train.compile and cfg.method == "dmmd" and cfg.train.lambda_gp > 0:
         raise ConfigError("train.compile needs method = 'ddpm' or train.lambda_gp = 0: torch.compile does not "

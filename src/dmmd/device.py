@@ -8,13 +8,9 @@ opt-in and leave the state dict unchanged, so checkpoints do not depend on them.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from .config import ConfigError
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+from .config import DEVICE_PATTERN, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

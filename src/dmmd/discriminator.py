@@ -25,7 +25,7 @@ class LevelWidth(nn.Module):
     The sinusoidal features are slow (fastest period 2 pi / time_scale = 0.63 in t): the width is a
     smooth function of the level. With the backbone's DDPM-style features (periods down to 0.006)
     the learned sigma(t) wiggled where no level's loss pinned it (Spearman with t 0.89 on 8 Gaussians,
-    0.85 on digits; 0.96 and 0.97 with time_scale 10, docs/studies.md)."""
+    0.85 on digits; 0.96 and 0.94 with time_scale 10, docs/studies.md)."""
 
     def __init__(self, init_width: float, dim: int = 32, time_scale: float = 10.0):
         super().__init__()

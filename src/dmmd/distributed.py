@@ -40,12 +40,12 @@ def init_from_env(device: str) -> Context:
     """Join the process group torchrun describes in the environment (or run alone)."""
     from .device import resolve_device
 
+    resolved = resolve_device(device)  # a one-line error when CUDA is asked for and absent
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Context(device=resolve_device(device))
-    resolve_device(device)  # a one-line error when CUDA is asked for and absent
+        return Context(device=resolved)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = resolve_device(device).type == "cuda"
+    cuda = resolved.type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
