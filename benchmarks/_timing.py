@@ -1,10 +1,15 @@
 """Shared helpers of the cost benchmarks (sampler_cost.py, train_cost.py): interleaved timing,
 paired ratios, log-log slopes, environment notes and markdown tables.
 
-The machine these run on is shared, so absolute times drift with the load. Every comparison is
-therefore made within one run: the variants are timed round-robin (the order rotates every
-round), each after a warm-up, and a ratio is the median over rounds of the per-round ratio of
-two variants timed seconds apart (a paired ratio), reported next to the ratio of the medians.
+The measure is CPU time: time.process_time() of this process, with torch at one thread
+(single_thread()). The machine these run on is shared: its wall clock swung 7-12x under other
+users' load while the CPU seconds a computation takes moved far less (it still moves with cache
+and memory-bandwidth contention). Wall-clock seconds of the same calls are recorded beside, for
+reference only. Every comparison is made within one run: the variants are timed round-robin (the
+order rotates every round), each after a warm-up, for at least MIN_ROUNDS rounds; a variant is
+reported as min / median / max over rounds, a ratio as the median over rounds of the per-round
+ratio of two variants timed seconds apart (a paired ratio) with its min / max, and every verdict
+is taken on a median.
 """
 
 from __future__ import annotations
@@ -19,37 +24,65 @@ from collections.abc import Callable
 import torch
 
 
-def _once(fn: Callable[[], object], inner: int) -> float:
-    start = time.perf_counter()
+MIN_ROUNDS = 5  # timed rounds of a full (not --quick) run
+
+
+def single_thread() -> None:
+    """One torch thread: CPU time then measures the computation, not threads spinning on each other."""
+    torch.set_num_threads(1)
+
+
+def _once(fn: Callable[[], object], inner: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per call, over `inner` consecutive calls."""
+    cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - start) / inner
-
-
-def calibrate_inner(fn: Callable[[], object], min_time: float) -> int:
-    """Calls per measurement so that one measurement lasts at least min_time seconds."""
-    single = _once(fn, 1)
-    return max(1, math.ceil(min_time / max(single, 1e-7)))
+    return (time.process_time() - cpu) / inner, (time.perf_counter() - wall) / inner
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
-                min_time: float = 0.05) -> dict[str, list[float]]:
-    """Seconds per call of every variant, one list entry per round, variants timed round-robin."""
-    for fn in variants.values():  # warm-up (allocator, lazy init, caches)
-        for _ in range(warmup):
-            fn()
-    inner = {name: calibrate_inner(fn, min_time) for name, fn in variants.items()}
+                min_time: float = 0.05, wall: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """CPU seconds per call of every variant, one list entry per round, variants timed round-robin.
+
+    Each variant is warmed up (allocator, lazy init, caches) with max(1, warmup) calls; the last
+    one sets how many calls a measurement takes (at least min_time CPU seconds). wall, when given,
+    receives the wall-clock seconds of the same measurements."""
+    inner = {}
+    for name, fn in variants.items():
+        for _ in range(max(1, warmup)):
+            single, _ = _once(fn, 1)
+        inner[name] = max(1, math.ceil(min_time / max(single, 1e-7)))
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
+    walls: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(_once(variants[name], inner[name]))
+            cpu, w = _once(variants[name], inner[name])
+            times[name].append(cpu)
+            walls[name].append(w)
+    if wall is not None:
+        wall.update(walls)
     return times
 
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    """{'min', 'median', 'max'} of a list of seconds or ratios."""
+    return {"min": float(min(xs)), "median": median(xs), "max": float(max(xs))}
+
+
+def paired(times: dict[str, list[float]], num: str, den: str) -> dict[str, float]:
+    """min / median / max over rounds of times[num][r] / times[den][r]."""
+    return spread([a / b for a, b in zip(times[num], times[den])])
+
+
+def fmt_spread(s: dict[str, float], scale: float = 1.0) -> str:
+    """'median (min-max)' for a table cell."""
+    return f"{scale * s['median']:.3g} ({scale * s['min']:.3g}-{scale * s['max']:.3g})"
 
 
 def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:

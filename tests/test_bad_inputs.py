@@ -113,8 +113,8 @@ CASES = {
     "missing samples": (["evaluate", "--samples", "{root}/none.npz", "--checkpoint", "{root}/run"], "does not exist"),
     "unknown metric": (["evaluate", "--samples", "{root}/good.npz", "--checkpoint", "{root}/run", "--metrics", "fid"],
                        "unknown metrics"),
-    "settings without stats": (["sample", "--checkpoint", "{root}/run", "--sampler", "approx",
-                                "--set", "sample.num_levels=7"], "dmmd calibrate"),
+    "sampler of another method": (["sample", "--checkpoint", "{root}/run", "--sampler", "euler"], "samples with"),
+    "nfe below one": (["sample", "--checkpoint", "{root}/run", "--nfe", "0"], "--nfe must be >= 1"),
 }
 
 

@@ -79,24 +79,47 @@ def test_resume_extends_run(run_dir, tmp_path):
     assert load(copy)["step"] == 15
 
 
-def test_calibrate_then_sample_other_settings(run_dir, tmp_path):
+def test_calibrate_then_sample_other_settings(run_dir, tmp_path, capsys):
+    """Unstored sampler settings: the replay is made on demand (a note, no error), and equals the
+    one `dmmd calibrate` stores."""
     import shutil
+
+    import numpy as np
 
     copy = tmp_path / "cal"
     shutil.copytree(run_dir, copy)
     args = ["--set", "sample.num_levels=4", "--set", "sample.steps_per_level=1"]
     assert main(["sample", "--checkpoint", str(copy), "--sampler", "approx", "--num-samples", "5",
-                 "--out", str(tmp_path / "s1"), "--no-progress", *args]) == 2
+                 "--out", str(tmp_path / "s1"), "--no-progress", *args]) == 0
+    assert "making the level statistics and replay" in capsys.readouterr().err
     assert main(["calibrate", "--checkpoint", str(copy), "--no-progress", *args]) == 0
     assert main(["sample", "--checkpoint", str(copy), "--sampler", "approx", "--num-samples", "5",
                  "--out", str(tmp_path / "s2"), "--no-progress", *args]) == 0
+    assert "making the level statistics" not in capsys.readouterr().err
+    first, second = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("s1", "s2"))
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("nfe", [7, 20])
+def test_sample_nfe_for_every_method(run_dir, tmp_path, nfe):
+    """--nfe N sets the sampler's evaluations for DMMD (replay made on demand) and the diversity
+    report records N."""
+    import json
+
+    assert main(["sample", "--checkpoint", str(run_dir), "--nfe", str(nfe), "--num-samples", "4",
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "s" / "diversity.json").read_text())
+    assert report["nfe"] == nfe
+    assert report["settings"]["num_levels"] * report["settings"]["steps_per_level"] == nfe
 
 
 @pytest.mark.parametrize("extra", [["--set", "model.objective=kale", "--set", "sample.sampler=kale"],
                                    ["--set", "model.kernel=rq", "--set", "sample.sampler=exact"],
                                    ["--set", "process.schedule=cosine"],
                                    ["--method", "ddpm"],
-                                   ["--method", "ddpm", "--set", "sample.sampler=ddim", "--set", "sample.num_steps=5"]])
+                                   ["--method", "ddpm", "--set", "sample.sampler=ddim", "--set", "sample.num_steps=5"],
+                                   ["--method", "fm"],
+                                   ["--method", "fm", "--set", "sample.sampler=heun", "--set", "sample.num_steps=5"]])
 def test_variants_train_and_sample(tmp_path, extra):
     run = tmp_path / "run"
     assert main(["train", *TINY, *extra, "--out", str(run), "--no-progress"]) == 0

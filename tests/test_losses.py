@@ -122,3 +122,103 @@ def test_gp_fraction_out_of_range(fraction):
     x = torch.randn(4, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="gp_fraction"):
         dmmd_loss(disc, x, x, torch.tensor([0.5], dtype=torch.float64), PROCESS, 1.0, 0.1, gp_fraction=fraction)
+
+
+# ------------------------------------------------------- lazy regularisation (train.gp_every)
+
+
+@pytest.mark.parametrize("kernel,objective", [("linear", "mmd"), ("rbf", "mmd"), ("linear", "kale")])
+@pytest.mark.parametrize("scale", [0, 1, 4, 16])
+def test_gp_scale_weights_or_drops_the_penalty(kernel, objective, scale):
+    """gp_scale k: the loss is the MMD part + k lambda_gp GP (+ L2) of the float64 loop; k = 0: no
+    penalty term at all, with the same parameter gradients as the loop with lambda_gp = 0, and
+    the generator left where a penalised step leaves it."""
+    disc = small_disc(kernel, objective)
+    if objective == "kale":  # a steep critic, so that the one-sided penalty is not zero
+        with torch.no_grad():
+            disc.critic.weight.mul_(200.0)
+    gen = torch.Generator().manual_seed(7)
+    x, x_prime = torch.randn(4, 2, generator=gen, dtype=torch.float64), torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    t_levels = torch.tensor([0.15, 0.75], dtype=torch.float64)
+    state = gen.get_state()
+    loss, terms = dmmd_loss(disc, x, x_prime, t_levels, PROCESS, 0.7, 0.3, generator=gen, gp_scale=scale)
+    after = gen.get_state()
+    ref, ref_terms = _reference_loss(disc, x, x_prime, t_levels, state, 0.7 * scale, 0.3)
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-10)
+    name = "kale" if objective == "kale" else "mmd2"
+    torch.testing.assert_close(terms[name], ref_terms["div"].detach(), rtol=0, atol=1e-10)
+    if scale:
+        torch.testing.assert_close(terms["gp"], ref_terms["gp"].detach(), rtol=0, atol=1e-10)
+        assert abs(float(ref_terms["gp"].detach())) > 1e-6  # the penalty is there to be weighted
+    else:
+        assert "gp" not in terms
+    params = list(disc.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params, allow_unused=True), torch.autograd.grad(ref, params, allow_unused=True)):
+        if a is None or b is None:
+            assert (a if b is None else b) is None or (a if b is None else b).abs().max() == 0
+            continue
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    penalised = torch.Generator().set_state(state)
+    dmmd_loss(disc, x, x_prime, t_levels, PROCESS, 0.7, 0.3, generator=penalised)
+    assert torch.equal(after, penalised.get_state())
+
+
+def test_gp_scale_negative_refused():
+    disc = small_disc("linear")
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gp_scale"):
+        dmmd_loss(disc, x, x, torch.tensor([0.5], dtype=torch.float64), PROCESS, 1.0, 0.1, gp_scale=-1)
+
+
+def _tiny_config(*extra):
+    from dmmd import config
+
+    return config.load(None, ["data.name=eight_gaussians", "model.width=8", "model.feature_dim=4", "model.time_dim=8",
+                              "model.depth=1", "train.batch_size=8", "sample.replay_particles=20",
+                              "sample.num_levels=2", "sample.steps_per_level=1", "train.threads=1", *extra])
+
+
+def test_train_step_penalises_every_kth_step(monkeypatch):
+    """train.gp_every = 3: steps 3 and 6 (1-based, as logged) carry the penalty with weight 3, the
+    others none; the logged loss is -mmd2 + 3 lambda_gp gp + lambda_l2 l2 on penalty steps."""
+    from dmmd import training
+    from dmmd.pipeline import build_process
+
+    cfg = _tiny_config("train.gp_every=3", "train.lambda_gp=0.5")
+    state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
+    scales = []
+    real = training.dmmd_loss
+
+    def spy(*args, **kwargs):
+        scales.append(kwargs["gp_scale"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "dmmd_loss", spy)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    records = [training.train_step(state, data, process, cfg) for _ in range(6)]
+    assert scales == [0, 0, 3, 0, 0, 3]
+    assert [("gp" in r) for r in records] == [False, False, True, False, False, True]
+    for r in records:
+        penalty = 3 * 0.5 * r["gp"] if "gp" in r else 0.0
+        assert r["loss"] == pytest.approx(-r["mmd2"] + penalty + 0.1 * r["l2"], rel=1e-5, abs=1e-6)
+
+
+def test_lazy_regularisation_resumes_exactly(tmp_path):
+    """A run with train.gp_every = 3 stopped at step 4 (between penalty steps) and resumed ends
+    with the same weights, EMA and optimizer state as the uninterrupted run."""
+    from dmmd.training import train
+
+    data = torch.randn(128, 2, generator=torch.Generator().manual_seed(1))
+    cfg = _tiny_config("train.gp_every=3", "train.steps=8", "train.checkpoint_every=4", "train.best_by=none")
+    whole = train(cfg, data, tmp_path / "whole", progress=False)
+    train(_tiny_config("train.gp_every=3", "train.steps=4", "train.checkpoint_every=4", "train.best_by=none"),
+          data, tmp_path / "split", progress=False)
+    resumed = train(cfg, data, tmp_path / "split", resume=True, progress=False)
+    assert resumed.step == whole.step == 8
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(whole.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    lazy_free = train(_tiny_config("train.steps=8", "train.best_by=none"), data, tmp_path / "every", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
+                                                     lazy_free.model.state_dict().values()))

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import small_disc
 from dmmd import divergences as dv
-from dmmd.noising import VPProcess
+from dmmd.noising import BlurProcess, VPProcess
 from dmmd.sampling import (FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features,
                            run_flow, mean_term)
 
@@ -187,3 +187,142 @@ def test_kernel_step_size_applies_to_nonlinear_exact_sampler():
     assert torch.equal(sample(disc, cfg, {}, PROCESS, (2,), 10, seed=1, reference=ref), base)
     cfg.sample.kernel_step_size = 0.5
     assert (sample(disc, cfg, {}, PROCESS, (2,), 10, seed=1, reference=ref) - base).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------ batched per-particle noise
+
+
+@pytest.mark.parametrize("shape,process", [((3,), VPProcess()), ((1, 12, 12), VPProcess()), ((2, 6, 6), BlurProcess())])
+def test_particle_noise_unaligned_batches_match_one_batch(shape, process):
+    """Sample i's prior and its later draws are the same numbers whatever batch holds it: unaligned
+    starts, batches inside one block, and batches crossing several block boundaries."""
+    from dmmd.sampling import block_rows
+
+    rows = block_rows(shape)
+    total = 3 * rows + 17
+    full = ParticleNoise(5, total, shape)
+    ref = [full.prior(process), full.draw(), full.draw()]
+    for start, num in [(0, 1), (rows - 1, 2), (1, rows), (rows, rows), (3, 2 * rows + 5),
+                       (rows + 7, 1), (total - 1, 1), (2 * rows - 3, rows + 19)]:
+        part = ParticleNoise(5, num, shape, start=start)
+        got = [part.prior(process), part.draw(), part.draw()]
+        for a, b in zip(got, ref):
+            assert a.shape == (num, *shape)
+            torch.testing.assert_close(a, b[start:start + num], rtol=0, atol=0)
+
+
+def test_block_rows_and_seeds():
+    from dmmd.sampling import BLOCK_VALUES, block_rows, block_seed
+
+    assert block_rows((64,)) == 256 and block_rows((1, 28, 28)) == 64 and block_rows((3, 32, 32)) == 16
+    assert block_rows((3, 256, 256)) == 1
+    for shape in [(1,), (64,), (1, 28, 28), (3, 64, 64)]:
+        r = block_rows(shape)
+        assert r & (r - 1) == 0 and (r == 1 or r * torch.Size(shape).numel() <= BLOCK_VALUES)
+    seeds = {block_seed(s, b) for s in range(50) for b in range(200)}
+    assert len(seeds) == 50 * 200 and all(0 <= x < 2**32 for x in seeds)  # distinct, fit torch's 32 bits
+
+
+def test_particle_noise_is_standard_normal_and_seeded():
+    a = ParticleNoise(0, 2000, (8,)).draw()
+    assert abs(float(a.mean())) < 0.02 and abs(float(a.std()) - 1) < 0.02
+    assert torch.equal(ParticleNoise(0, 2000, (8,)).draw(), a)
+    b = ParticleNoise(1, 2000, (8,)).draw()
+    assert float((a * b).mean().abs()) < 0.02  # another seed: independent numbers
+    c = ParticleNoise(0, 2000, (8,), dtype=torch.float64).draw()
+    assert c.dtype == torch.float64 and torch.equal(c.float(), a)
+    assert ParticleNoise(0, 0, (8,)).draw().shape == (0, 8)
+
+
+# ------------------------------------------------- exact sampler: one pass above chunk_size
+
+
+def _two_pass_exact_flow(disc, z, grid, s, process, reference, noise=None):
+    """The exact flow as it was before graphs were kept (reference): every step a no-grad
+    population pass, then a forward and backward per chunk, the population sum taken per chunk."""
+    z = z.detach().clone()
+    n, means = z.shape[0], []
+    linear = disc.kernel_name == "linear"
+    for k, t in enumerate(grid.tolist()):
+        sigma = float(process.noise_scale(torch.tensor(t)))
+        for _ in range(s.steps_per_level):
+            z_eval = z + s.inject * sigma * noise.draw() if s.inject else z
+            with torch.no_grad():
+                pop = torch.cat([disc.features(z_eval[i:i + s.chunk_size], t) for i in range(0, n, s.chunk_size)])
+            means.append(pop.mean(0))
+            new_z = torch.empty_like(z)
+            for i in range(0, n, s.chunk_size):
+                chunk = slice(i, min(i + s.chunk_size, n))
+                zc = z_eval[chunk].detach().requires_grad_(True)
+                feats = disc.features(zc, t)
+                if linear:
+                    particle = feats @ pop.sum(0)
+                    if s.leave_one_out:
+                        particle = particle - (feats * pop[chunk]).sum(1)
+                    values = feats @ reference[k] - particle / (n - 1 if s.leave_one_out else n)
+                else:
+                    kernel = disc.kernel(grid[k])
+                    values = kernel(feats, reference[k]).mean(1) - kernel(feats, pop).mean(1)
+                (g,) = torch.autograd.grad(values.sum(), zc)
+                new_z[chunk] = z[chunk] + s.step_size * g
+            z = new_z
+        if s.renoise and k < len(grid) - 1:
+            z = z + s.renoise * sigma * noise.draw()
+    return z, torch.stack(means)
+
+
+def _counting(disc):
+    calls = []
+    inner = disc.features
+
+    def features(x, t):
+        calls.append(x.shape[0])
+        return inner(x, t)
+
+    disc.features = features
+    return calls
+
+
+@pytest.mark.parametrize("kernel,loo", [("linear", False), ("linear", True), ("rbf", False)])
+@pytest.mark.parametrize("budget", [1024.0, 0.0])
+def test_exact_one_pass_equals_two_pass_reference(kernel, loo, budget):
+    """Above chunk_size the exact flow keeps every chunk's graph (budget permitting) and forwards
+    each particle once per step; with budget 0 it takes the no-grad population pass. Both equal
+    the two-pass reference (float64) over several levels with injection and re-noising."""
+    disc = small_disc(kernel)
+    gen = torch.Generator().manual_seed(21)
+    z, x = torch.randn(23, 2, generator=gen, dtype=torch.float64), torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    grid = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)
+    reference = level_features(disc, x, grid, reduce_mean=kernel == "linear")
+    s = FlowSettings(3, 2, 0.3, inject=0.2, renoise=0.1, leave_one_out=loo, chunk_size=5, graph_budget_mb=budget)
+    expected, expected_means = _two_pass_exact_flow(disc, z, grid, s, PROCESS, reference,
+                                                    ParticleNoise(2, 23, (2,), dtype=torch.float64))
+    calls = _counting(disc)
+    out, means = exact_flow(disc, z, grid, s, PROCESS, reference, ParticleNoise(2, 23, (2,), dtype=torch.float64),
+                            record_means=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(means, expected_means, rtol=0, atol=1e-10)
+    passes = sum(calls) / (23 * s.num_steps)  # particles forwarded per particle per step
+    assert passes == (1 if budget else 2)
+
+
+def test_exact_population_sum_taken_once_per_step():
+    """The linear exact term sums the population once per step, not once per chunk."""
+    disc = small_disc("linear")
+    z = torch.randn(20, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid = torch.tensor([0.6, 0.3], dtype=torch.float64)
+    mu = torch.randn(2, disc.feature_dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sums = []
+    original = torch.Tensor.sum
+
+    def counting_sum(self, *args, **kwargs):
+        if self.ndim == 2 and self.shape[0] == 20 and args[:1] == (0,):
+            sums.append(1)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.sum = counting_sum
+    try:
+        exact_flow(disc, z, grid, FlowSettings(2, 3, 0.1, chunk_size=4), PROCESS, mu)
+    finally:
+        torch.Tensor.sum = original
+    assert len(sums) == 6  # 2 levels x 3 steps, with 5 chunks per step

@@ -7,10 +7,12 @@ same folder, are flushed to disk, then renamed into place: a crash never leaves 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +27,12 @@ class CheckpointError(ValueError):
 
 
 def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call write(file_object) on a temporary file next to path, fsync, then rename onto path."""
+    """Call write(file_object) on a temporary file next to path, fsync, then rename onto path.
+
+    The file gets the mode the user's umask gives new files (mkstemp makes them 0600); a full
+    disk is a one-line RunFolderError that leaves the previous file intact."""
+    from .runfolder import RunFolderError, current_umask
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -33,9 +40,13 @@ def atomic_write_bytes(path: str | Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunFolderError(f"no space left on the device while writing {path} ({err.strerror}); the "
+                                 f"previous {path.name} is intact") from None
         raise
 
 
@@ -53,27 +64,32 @@ def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a run folder whose `latest` file names one."""
     path = Path(path)
     if path.is_dir():
-        latest = path / LATEST
-        if not latest.is_file():
-            raise CheckpointError(f"{path} is a folder without a '{LATEST}' file: pass a checkpoint file or a run folder")
-        path = path / latest.read_text().strip()
+        from .validate import read_latest
+
+        path = read_latest(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     return path
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     path = resolve(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign pickles: the error below says it in one line
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
         raise CheckpointError(f"{path} was refused by the safe loader (it is not a plain dmmd checkpoint): {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, RecursionError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or payload["format"] != FORMAT:
         raise CheckpointError(f"{path} is not a dmmd checkpoint (no '{FORMAT}' format tag)")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {payload.get('version')}; this dmmd reads version {VERSION}")
-    payload["config"] = json.loads(payload["config"]) if isinstance(payload.get("config"), str) else payload.get("config")
+    if type(payload.get("version")) is not int or payload["version"] != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {str(payload.get('version'))[:20]}; this dmmd "
+                              f"reads version {VERSION}")
+    from .validate import check_payload, config_tree
+
+    check_payload(payload, path)  # every field's type and size, the config by the --set schema
+    payload["config"] = config_tree(payload["config"], path)
     return payload

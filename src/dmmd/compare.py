@@ -1,20 +1,21 @@
-"""`dmmd compare`: DMMD against a DDPM on the same backbone, data and training budget.
+"""`dmmd compare`: DMMD against DDPM and flow matching, fair by construction (SPEC 9).
 
-Budget 'steps': both train for the same number of steps with the same batch size, backbone width
-and optimizer (DMMD reads 2 B images per step, a clean and a corrupted batch; DDPM reads B).
-Budget 'time': DDPM trains for as many seconds as DMMD took (up to 100x its steps), so the cheaper
-step buys it more of them. Each is then sampled at every NFE of --nfe (DMMD as T levels x N_s
-steps, see `dmmd_grid`, at the preset's step size; DDPM with its ancestral sampler and DDIM), timed
-per sample, and scored against held-out data.
+- Same backbone, optimiser, batch, EMA and data scaling: every method trains from the one config
+  (`method` switched; DDPM and flow matching get an output head of the data's shape).
+- Same training budget in CPU seconds (time.process_time at one thread; wall time reported
+  beside it): each method trains until its CPU time reaches each point of `points` (e.g. 25, 50
+  and 100% of the budget), and is scored at every point, so the table shows who has converged.
+  The replay DMMD's default sampler needs is made at the end of training, inside its budget;
+  replays for other sampler settings are reported apart (replay_cpu_s), like sampling time.
+- Same care for every sampler: at each NFE every method tries the same number of sampler
+  settings (`candidates`: its default and its natural alternative), each scored on the training
+  split (selection) and on held-out data (report); the row chosen on the training split is the
+  "tuned" row. Every setting's held-out score is kept in compare.json.
+- NFE counts network evaluations (a DMMD step is one forward pass and its input gradient; Heun's
+  last step is Euler, so it spends 2 S - 1 <= NFE).
 
-Tuning (on by default): per NFE, DMMD's sampler settings (T x N_s split, step size, re-noise) are
-chosen from `tuning_grid` by the headline metric against the *training* split (never the held-out
-data the table reports), and the chosen row is scored on held-out data like every other row.
-Sampler ablations on the same DMMD network follow: exact vs approximate readings, and T x N_s at
-fixed NFE; with --kernels, DMMD is also trained with other base kernels (exact sampler).
-
-Writes OUT/compare.json, OUT/compare.md, OUT/metric_vs_nfe.png and OUT/grids.png (image data) or
-OUT/scatter.png (2-D data).
+Writes OUT/compare.json, OUT/compare.md, OUT/metric_vs_nfe.png, and OUT/grids_nfe<N>.png (image
+data: labelled sample grids) or OUT/scatter_<method>.png (2-D data).
 """
 
 from __future__ import annotations
@@ -28,190 +29,204 @@ import numpy as np
 import torch
 
 from . import config as config_mod
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_bytes, atomic_write_text
 from .data.datasets import Dataset
-from .pipeline import build_process, calibrate, flow_settings, sample
+from .pipeline import calibrate, build_process, dmmd_split, flow_settings, needs_calibration, nfe as evaluations
+from .pipeline import sample, settings_for_nfe
 from .training import train
+
+METHODS = ("dmmd", "ddpm", "fm")
 
 
 def dmmd_grid(nfe: int) -> tuple[int, int]:
-    """T x N_s for an NFE budget: 10 levels when NFE allows it (the paper's T), else NFE levels."""
-    return (10, nfe // 10) if nfe >= 10 and nfe % 10 == 0 else (nfe, 1)
+    """T x N_s for an NFE budget (kept for callers of the old name): `pipeline.dmmd_split`."""
+    return dmmd_split(nfe)
 
 
-KERNEL_STEP_SIZES = (0.01, 0.1, 0.3, 1.0, 3.0)  # exact sampler, rbf/rq kernels: sample.kernel_step_size tried
+def candidates(method: str) -> list[tuple[str, dict]]:
+    """The sampler settings every method tries at each NFE, its default first (the same count for
+    every method). DMMD: the --nfe rule's step size and twice it; DDPM: ancestral and DDIM (eta 0),
+    both with x0 clipped for bounded data; flow matching: Euler and Heun."""
+    return {"dmmd": [("default", {}), ("step x2", {"step_size_factor": 2.0})],
+            "ddpm": [("ancestral", {"sampler": "ddpm"}), ("ddim", {"sampler": "ddim", "ddim_eta": 0.0})],
+            "fm": [("euler", {"sampler": "euler"}), ("heun", {"sampler": "heun"})]}[method]
 
 
-def tuning_grid(nfe: int, renoise: float) -> list[dict]:
-    """Sampler settings tried at one NFE: T x N_s from `dmmd_grid` (and NFE x 1 for NFE <= 20), a
-    per-level travel eta N_s of 0.5, 1, 1.5 or 2 (the preset's 0.1 x 10 is 1), and re-noise of the
-    preset or 0.1. Measured on digits (docs/compare.md): eta N_s near 1-2 at every NFE."""
-    splits = {dmmd_grid(nfe)} | ({(nfe, 1)} if nfe <= 20 else set())
-    return [{"num_levels": levels, "steps_per_level": steps, "step_size": travel / steps, "renoise": re}
-            for levels, steps in sorted(splits) for travel in (0.5, 1.0, 1.5, 2.0)
-            for re in sorted({renoise, 0.1})]
+def method_config(cfg: config_mod.Config, method: str) -> config_mod.Config:
+    """cfg with another method on the same backbone and training settings; its default sampler."""
+    c = copy.deepcopy(cfg)
+    c.method = method
+    config_mod.apply_method_defaults(c)
+    config_mod.validate(c)
+    return c
 
 
-def score(z: torch.Tensor, data: Dataset) -> dict:
-    """The headline metric and its companions: FD-digits for digits, the 8-Gaussian criteria for
-    8 Gaussians, otherwise Frechet distance and energy distance on raw coordinates."""
+def score(z: torch.Tensor, data: Dataset, reference: torch.Tensor | None = None) -> dict:
+    """The headline metric and its companions against `reference` (default: held-out data):
+    FD-digits / FD-fashion in the shipped classifiers' features, the 8-Gaussian criteria, else
+    the Frechet distance and energy distance on raw coordinates."""
     from .evaluation.diversity import diversity_report
     from .evaluation.metrics import energy_distance, frechet_distance
 
-    flat, test = z.flatten(1).double(), data.test.flatten(1).double()
+    reference = data.test if reference is None else reference
+    flat, ref = z.flatten(1).double(), reference.flatten(1).double()
     if not torch.isfinite(flat).all():
         return {"metric": float("nan"), "metric_name": "non-finite samples"}
-    div = diversity_report(flat, data.train.flatten(1).double(), test)
+    div = diversity_report(flat, data.train.flatten(1).double(), data.test.flatten(1).double())
     out = {"near_duplicates": div["near_duplicate_share"], "nn_to_train_ratio": div["nn_to_train_ratio"]}
     if data.name == "digits":
         from .evaluation.digits_net import digits_scores
 
-        d = digits_scores(z, data.test)
+        d = digits_scores(z, reference)
         return {"metric_name": "FD-digits", "metric": d["fd_digits"], **d, **out}
+    if data.name == "fashion_mnist":
+        from .evaluation.fashion_net import fashion_scores
+
+        d = fashion_scores(z, reference)
+        return {"metric_name": "FD-fashion", "metric": d["fd_fashion"], **d, **out}
     if data.name == "eight_gaussians":
         from .report import eight_gaussians_scores
 
         out.update(eight_gaussians_scores(z))
-    return {"metric_name": "FD (raw)", "metric": frechet_distance(flat, test), "energy": energy_distance(flat, test),
+    return {"metric_name": "FD (raw)", "metric": frechet_distance(flat, ref), "energy": energy_distance(flat, ref),
             **out}
 
 
-def _timed_sample(model, cfg, stats, process, data, n, seed) -> tuple[torch.Tensor, float]:
-    started = time.time()
-    z = sample(model, cfg, stats, process, data.shape, n, seed)
-    return z, (time.time() - started) / n
+def _sampler_config(cfg: config_mod.Config, nfe: int, change: dict) -> config_mod.Config:
+    c = copy.deepcopy(cfg)
+    settings_for_nfe(c, nfe)
+    change = dict(change)
+    c.sample.step_size *= change.pop("step_size_factor", 1.0)
+    for k, v in change.items():
+        setattr(c.sample, k, v)
+    config_mod.validate(c)
+    return c
 
 
-def _dmmd_row(model, cfg, stats, process, data, n, seed, label, **sample_changes):
-    cfg = copy.deepcopy(cfg)
-    for k, v in sample_changes.items():
-        setattr(cfg.sample, k, v)
-    s = cfg.sample
-    if s.sampler == "approx" and s.reading == "replay" or (s.sampler == "exact" and cfg.model.kernel == "linear"):
-        stats = calibrate(model, cfg, data.train, process, stats, flow_settings(s))
-    ref = data.train[:s.num_reference] if cfg.model.kernel != "linear" else None
-    started = time.time()
-    z = sample(model, cfg, stats, process, data.shape, n, seed, reference=ref)
-    per_sample = (time.time() - started) / n
-    return {"model": label, "sampler": s.sampler, "reading": s.reading if s.sampler == "approx" else "-",
-            "nfe": s.num_levels * s.steps_per_level, "T": s.num_levels, "Ns": s.steps_per_level,
-            "eta": (s.kernel_step_size or s.step_size) if cfg.model.kernel != "linear" and s.sampler == "exact"
-            else s.step_size, "renoise": s.renoise,
-            "seconds_per_sample": per_sample, **score(z, data)}, z, stats
-
-
-def _tune(model, cfg, stats, process, data, candidates, num_samples, seed) -> tuple[dict, list[dict], dict]:
-    """Of `candidates` (sample.* changes), the one with the best headline metric against the
-    training split (never the held-out data); returns (chosen change, trials, stats)."""
-    selection = Dataset(data.train, data.train[: len(data.test)], data.kind, data.name)
-    trials = []
-    for change in candidates:
-        row, _, stats = _dmmd_row(model, cfg, stats, process, selection, num_samples, seed, "trial", **change)
-        trials.append({**change, "train_metric": row["metric"]})
-    finite = [t for t in trials if np.isfinite(t["train_metric"])] or trials
-    best = min(finite, key=lambda t: t["train_metric"])
-    return {k: v for k, v in best.items() if k != "train_metric"}, trials, stats
+def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, seed, point, selection_ref):
+    """Every candidate at every NFE: held-out and training-split scores; the chosen (tuned) row per NFE."""
+    rows, grids, extra_cpu = [], {}, 0.0
+    for nfe in nfes:
+        trials = []
+        for label, change in candidates(method):
+            c = _sampler_config(cfg, nfe, change)
+            if needs_calibration(model, c, stats):
+                cpu = time.process_time()
+                stats = calibrate(model, c, data.train, process, stats, flow_settings(c.sample))
+                extra_cpu += time.process_time() - cpu
+            cpu, wall = time.process_time(), time.time()
+            z = sample(model, c, stats, process, data.shape, num_samples, seed)
+            cpu, wall = time.process_time() - cpu, time.time() - wall
+            held = score(z, data)
+            train_metric = score(z, data, selection_ref)["metric"]
+            s = c.sample
+            trials.append({"method": method, "budget_point": point, "nfe": nfe, "nfe_used": evaluations(c),
+                           "setting": label, "sampler": s.sampler,
+                           "T": s.num_levels if method == "dmmd" else "-",
+                           "Ns": s.steps_per_level if method == "dmmd" else "-",
+                           "eta": s.step_size if method == "dmmd" else (s.ddim_eta if s.sampler == "ddim" else "-"),
+                           "train_metric": train_metric, "cpu_seconds_per_sample": cpu / num_samples,
+                           "wall_seconds_per_sample": wall / num_samples, **held})
+            grids[(label, nfe)] = z
+        finite = [t for t in trials if np.isfinite(t["train_metric"])] or trials
+        best = min(finite, key=lambda t: t["train_metric"])
+        for t in trials:
+            t["default"], t["chosen"] = t is trials[0], t is best
+        rows += trials
+    return rows, grids, stats, extra_cpu
 
 
 def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 50, 100), num_samples: int = 1000,
-                kernels: tuple[str, ...] = (), seed: int = 0, progress: bool = True, echo=print,
-                budget: str = "steps", tune: bool = True) -> dict:
-    if budget not in ("steps", "time"):
-        raise ValueError(f"budget must be 'steps' or 'time', got {budget!r}")
+                budget: float = 300.0, points=(0.25, 0.5, 1.0), methods=METHODS, seed: int = 0,
+                progress: bool = True, echo=print) -> dict:
+    """Train each method to CPU-time `budget` (seconds, one thread), scoring every sampler candidate
+    at every NFE at each fraction in `points` of the budget; write the tables and pictures."""
+    if budget <= 0 or not points or any(not 0 < p <= 1 for p in points):
+        raise ValueError("budget must be > 0 and every point in (0, 1]")
     out.mkdir(parents=True, exist_ok=True)
     process = build_process(cfg.process)
-    trained, train_seconds, train_steps = {}, {}, {}
-    ddpm_cfg = copy.deepcopy(cfg)
-    ddpm_cfg.method, ddpm_cfg.sample.sampler = "ddpm", "ddpm"
-    for name, c in [("dmmd", cfg), ("ddpm", ddpm_cfg)]:
-        seconds = None
-        if name == "ddpm" and budget == "time":
-            c.train.steps, seconds = 100 * cfg.train.steps, train_seconds["dmmd"]
-        started = time.time()
-        echo(f"training {name} for " + (f"{seconds:.0f} s" if seconds else f"{c.train.steps} steps"))
-        state = train(c, data.train, out / name, progress=progress, val_data=data.test, max_seconds=seconds)
-        train_seconds[name], train_steps[name] = round(time.time() - started, 1), state.step
-        trained[name] = (c, state.ema.module.eval().requires_grad_(False), state.stats or {})
-    rows, grids, tuning = [], {}, {}
-    c, model, stats = trained["dmmd"]
-    for nfe in nfes:
-        levels, steps = dmmd_grid(nfe)
-        row, z, stats = _dmmd_row(model, c, stats, process, data, num_samples, seed, "dmmd",
-                                  num_levels=levels, steps_per_level=steps)
-        rows.append(row)
-        grids[("dmmd", nfe)] = z
-        echo(json.dumps({k: row[k] for k in ("model", "nfe", "metric")}))
-        if tune:
-            best, trials, stats = _tune(model, c, stats, process, data, tuning_grid(nfe, c.sample.renoise),
-                                        num_samples, seed)
-            echo(f"tuned NFE {nfe}: {best}")
-            row, z, stats = _dmmd_row(model, c, stats, process, data, num_samples, seed, "dmmd tuned", **best)
-            rows.append(row)
-            tuning[nfe] = {"chosen": best, "trials": trials}
-            grids[("dmmd tuned", nfe)] = z
-            echo(json.dumps({k: row[k] for k in ("model", "nfe", "metric")}))
-    dc, dmodel, _ = trained["ddpm"]
-    for method in ("ddpm", "ddim"):
-        for nfe in nfes:
-            dcfg = copy.deepcopy(dc)
-            dcfg.sample.sampler, dcfg.sample.num_steps = method, nfe
-            z, per_sample = _timed_sample(dmodel, dcfg, {}, process, data, num_samples, seed)
-            rows.append({"model": "ddpm", "sampler": method, "reading": "-", "nfe": nfe, "T": "-", "Ns": "-",
-                         "seconds_per_sample": per_sample, **score(z, data)})
-            grids[(method, nfe)] = z
-            echo(json.dumps({k: rows[-1][k] for k in ("model", "sampler", "nfe", "metric")}))
-    ablations = []
-    for label, change in [("exact", {"sampler": "exact"}), ("approx (a) own", {"sampler": "approx", "reading": "own"}),
-                          ("approx (b) data_noised", {"sampler": "approx", "reading": "data_noised"}),
-                          ("approx (c) replay", {"sampler": "approx", "reading": "replay"}),
-                          ("T x N_s = 20 x 5", {"num_levels": 20, "steps_per_level": 5}),
-                          ("T x N_s = 5 x 20", {"num_levels": 5, "steps_per_level": 20}),
-                          ("T x N_s = 50 x 2", {"num_levels": 50, "steps_per_level": 2})]:
-        row, _, stats = _dmmd_row(model, c, stats, process, data, num_samples, seed, f"dmmd: {label}", **change)
-        ablations.append(row)
-    for kernel in kernels:
-        kc = copy.deepcopy(cfg)
-        kc.model.kernel, kc.sample.sampler = kernel, "exact"
-        started = time.time()
-        state = train(kc, data.train, out / f"dmmd_{kernel}", progress=progress, val_data=data.test)
-        train_seconds[f"dmmd_{kernel}"] = round(time.time() - started, 1)
-        kmodel = state.ema.module.eval().requires_grad_(False)
-        change = {}
-        if tune:  # pairwise repulsion needs its own step size (SPEC 8): chosen on the training split
-            change, trials, _ = _tune(kmodel, kc, {}, process, data,
-                                      [{"kernel_step_size": eta} for eta in KERNEL_STEP_SIZES], num_samples, seed)
-            tuning[f"{kernel}_kernel"] = {"chosen": change, "trials": trials}
-        row, _, _ = _dmmd_row(kmodel, kc, {}, process, data, num_samples, seed, f"dmmd: {kernel} kernel (exact)", **change)
-        ablations.append(row)
-    note = ("same steps and batch size; DMMD reads 2 batches per step (clean and corrupted)" if budget == "steps"
-            else "same wall-clock: DDPM trained for as long as DMMD took; same batch size")
-    result = {"budget": {"kind": budget, "steps": train_steps, "batch_size": cfg.train.batch_size, "note": note},
-              "train_seconds": train_seconds, "rows": rows, "ablations": ablations, "num_samples": num_samples,
-              "tuning": {"selected_on": "training split (headline metric)", "per_nfe": tuning}}
+    selection_ref = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[
+        : len(data.test)]]
+    rows, runs, final_grids = [], {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time at one thread: the unit of the budget
+    try:
+        for method in methods:
+            c = method_config(cfg, method)
+            c.train.steps, c.train.threads, c.train.best_by = 10**9, 1, "none"  # the budget stops training
+            spent_cpu, spent_wall, steps = 0.0, 0.0, []
+            for point in sorted(points):
+                target = point * budget
+                cpu, wall = time.process_time(), time.time()
+                echo(f"training {method} to {target:.0f} CPU-s")
+                state = train(c, data.train, out / method, resume=spent_cpu > 0, progress=progress,
+                              max_seconds=max(0.0, target - spent_cpu), clock=time.process_time)
+                spent_cpu += time.process_time() - cpu
+                spent_wall += time.time() - wall
+                model = state.ema.module.eval().requires_grad_(False)
+                new, grids, _, calibration_cpu = _sample_rows(method, c, model, state.stats or {}, process, data,
+                                                              nfes, num_samples, seed, point, selection_ref)
+                steps.append({"point": point, "step": state.step, "train_cpu_s": round(spent_cpu, 1),
+                              "train_wall_s": round(spent_wall, 1), "replay_cpu_s": round(calibration_cpu, 1)})
+                for r in new:
+                    r.update(train_cpu_s=round(spent_cpu, 1), train_step=state.step)
+                rows += new
+                final_grids[method] = grids
+                best = {r["nfe"]: round(r["metric"], 3) for r in new if r["chosen"]}
+                echo(f"{method} at {spent_cpu:.0f} CPU-s (step {state.step}): tuned {best}")
+            runs[method] = steps
+    finally:
+        torch.set_num_threads(threads)
+    result = {"data": data.name, "budget_cpu_s": budget, "points": list(points), "num_samples": num_samples,
+              "nfes": list(nfes), "backbone": {k: v for k, v in config_mod.to_dict(cfg)["model"].items()},
+              "batch_size": cfg.train.batch_size, "runs": runs, "rows": rows,
+              "selection": "each method's candidates scored against a training subset the size of the held-out set; "
+                           "the best is the 'tuned' row, reported on held-out data",
+              "candidates": {m: [label for label, _ in candidates(m)] for m in methods}}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=float) + "\n")
     atomic_write_text(out / "compare.md", markdown(result))
-    plot_metric(out / "metric_vs_nfe.png", rows)
-    save_grids(out, grids, data, max(nfes))
+    plot_metric(out / "metric_vs_nfe.png", [r for r in rows if r["budget_point"] == max(points)])
+    save_grids(out, final_grids, data, nfes)
     return result
 
 
 def markdown(result: dict) -> str:
-    def table(rows):
-        name = rows[0]["metric_name"]
-        lines = [f"| model | sampler | NFE | T x N_s | eta | {name} | near-dup | NN-to-train ratio | s / sample |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            eta = f"{r['eta']:.3g}" if "eta" in r else "-"
-            lines.append(f"| {r['model']} | {r['sampler']}{'' if r['reading'] == '-' else ' ' + r['reading']} | "
-                         f"{r['nfe']} | {r['T']} x {r['Ns']} | {eta} | {r['metric']:.4g} | "
-                         f"{r['near_duplicates']:.3f} | {r['nn_to_train_ratio']:.2f} | {r['seconds_per_sample']:.2e} |")
-        return "\n".join(lines)
+    rows, last = result["rows"], max(result["points"])
+    name = rows[0]["metric_name"] if rows else "metric"
+    nfes = result["nfes"]
 
-    b = result["budget"]
-    return (f"# DMMD vs DDPM (same backbone)\n\nBudget ({b['kind']}): steps {b['steps']}, batch {b['batch_size']} "
-            f"({b['note']}).\n"
-            f"Training time (s): {result['train_seconds']}. {result['num_samples']} samples per row.\n\n"
-            f"{table(result['rows'])}\n\n## Ablations (DMMD)\n\n{table(result['ablations'])}\n")
+    def cell(method, point, nfe, key):
+        r = next((r for r in rows if r["method"] == method and r["budget_point"] == point and r["nfe"] == nfe
+                  and r[key]), None)
+        return "-" if r is None else f"{r['metric']:.3g}" + (f" ({r['setting']})" if key == "chosen" else "")
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    head = "| method | sampler | CPU s of training (steps) | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
+    sep = "|---" * (3 + len(nfes)) + "|"
+    lines = [f"# DMMD vs DDPM vs flow matching on {result['data']} (same backbone, equal CPU budget)", "",
+             f"{name} on held-out data, {result['num_samples']} samples per cell; budget {result['budget_cpu_s']:.0f} "
+             f"CPU-s per method (one thread), scored at {', '.join(f'{p:.0%}' for p in result['points'])} of it. "
+             f"'tuned': the best of each method's {len(candidates('dmmd'))} sampler settings "
+             "by the same metric against the training split.", "", head, sep]
+    for m in methods:
+        for point in result["points"]:
+            run = next(s for s in result["runs"][m] if s["point"] == point)
+            for key, label in (("default", "default"), ("chosen", "tuned")):
+                lines.append(f"| {m} | {label} | {run['train_cpu_s']:.0f} ({run['step']}) | "
+                             + " | ".join(cell(m, point, n, key) for n in nfes) + " |")
+    lines += ["", f"Every setting at {last:.0%} of the budget (held-out {name}, near-duplicate share, "
+              "nearest-training distance over held-out's, CPU s per sample):", "",
+              "| method | setting | NFE (used) | T x N_s | eta | metric | train-split metric | near-dup | NN-to-train | CPU s / sample |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["budget_point"] != last:
+            continue
+        eta = f"{r['eta']:.3g}" if isinstance(r["eta"], float) else r["eta"]
+        lines.append(f"| {r['method']} | {r['setting']}{' *' if r['chosen'] else ''} | {r['nfe']} ({r['nfe_used']}) | "
+                     f"{r['T']} x {r['Ns']} | {eta} | {r['metric']:.4g} | {r['train_metric']:.4g} | "
+                     f"{r.get('near_duplicates', float('nan')):.3f} | {r.get('nn_to_train_ratio', float('nan')):.2f} | "
+                     f"{r['cpu_seconds_per_sample']:.2e} |")
+    return "\n".join(lines) + "\n\n(* = chosen on the training split)\n"
 
 
 def plot_metric(path: Path, rows: list[dict]) -> None:
@@ -222,35 +237,53 @@ def plot_metric(path: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    for label in sorted({(r["model"], r["sampler"]) for r in rows}):
-        pts = sorted((r["nfe"], r["metric"]) for r in rows if (r["model"], r["sampler"]) == label)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
+    for label in sorted({(r["method"], r["setting"]) for r in rows}):
+        pts = sorted((r["nfe"], r["metric"]) for r in rows if (r["method"], r["setting"]) == label)
         ax.plot(*zip(*pts), marker="o", label=f"{label[0]} ({label[1]})")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("NFE")
-    ax.set_ylabel(rows[0]["metric_name"])
-    ax.legend()
+    ax.set_ylabel(rows[0]["metric_name"] if rows else "metric")
+    ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, lambda fh: fh.write(buffer.getvalue()))
 
 
-def save_grids(out: Path, grids: dict, data: Dataset, nfe: int) -> None:
-    """DMMD and DDPM samples at the largest NFE side by side."""
-    from .plotting import image_grid, save_samples_picture
+def save_grids(out: Path, grids: dict, data: Dataset, nfes) -> None:
+    """Each method's default-setting samples at the smallest and largest NFE, labelled."""
+    from .plotting import save_samples_picture
 
-    if data.kind == "image":
-        from PIL import Image
+    for nfe in sorted({min(nfes), max(nfes)}):
+        if data.kind == "image":
+            _labelled_grids(out / f"grids_nfe{nfe}.png",
+                            [(f"{m} ({candidates(m)[0][0]}), NFE {nfe}", g[(candidates(m)[0][0], nfe)])
+                             for m, g in grids.items()])
+        elif data.shape == (2,):
+            for m, g in grids.items():
+                save_samples_picture(out / f"scatter_{m}_nfe{nfe}.png", g[(candidates(m)[0][0], nfe)].numpy(),
+                                     data.kind, data.test.numpy(), title=f"{m}, NFE {nfe}")
 
-        tiles = [image_grid(grids[(k, nfe)][:64].numpy(), nrow=8, scale=max(1, 32 // data.shape[-1]))
-                 for k in ("dmmd", "ddpm")]
-        gap = np.full((tiles[0].shape[0], 8, tiles[0].shape[2]), 255, dtype=np.uint8)
-        pixels = np.concatenate([tiles[0], gap, tiles[1]], axis=1)
-        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(out / "grids.png")
-    else:
-        for k in ("dmmd", "ddpm"):
-            save_samples_picture(out / f"scatter_{k}.png", grids[(k, nfe)].numpy(), data.kind,
-                                 data.test.numpy(), title=f"{k}, NFE {nfe}")
+
+def _labelled_grids(path: Path, panels: list[tuple[str, torch.Tensor]]) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plotting import image_grid
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100, squeeze=False)
+    for ax, (title, z) in zip(axes[0], panels):
+        tile = image_grid(z[:64].numpy(), nrow=8, scale=1)
+        ax.imshow(tile[..., 0] if tile.shape[-1] == 1 else tile, cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, lambda fh: fh.write(buffer.getvalue()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 import typing
@@ -59,6 +60,20 @@ class ModelConfig:
     rq_dot_weight: float = 0.0
     init_width: float = 1.0  # rbf: initial width sigma(t)
     objective: str = "mmd"  # mmd | kale
+    latent: str = ""  # an autoencoder folder (dmmd train-autoencoder --out AE): train and sample in its latents (docs/latent.md)
+    latent_id: str = ""  # set by dmmd train: sha256 of that autoencoder's weights; sampling refuses another
+
+
+@dataclass
+class AutoencoderConfig:
+    latent_dim: int = 32  # latent values per image
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # stride-2 conv widths of the encoder (mirrored)
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam
+    latent_l2: float = 1e-4  # weight of mean ||e(x)||^2 beside the reconstruction MSE
+    log_every: int = 200
+    checkpoint_every: int = 1000
 
 
 @dataclass
@@ -69,6 +84,7 @@ class TrainConfig:
     lambda_gp: float = 1.0
     lambda_l2: float = 0.1
     gp_fraction: float = 1.0  # share of each level's interpolates the gradient penalty sees, in (0, 1]
+    gp_every: int = 1  # lazy regularisation (SPEC 10): the penalty only on steps k, 2k, ... (1-based, as logged), weighted k lambda_gp
     lr: float = 2e-4
     beta1: float = 0.9
     beta2: float = 0.999
@@ -80,7 +96,7 @@ class TrainConfig:
     best_by: str = "val_loss"  # also keep checkpoints/best.pt, the lowest held-out loss at a checkpoint | none
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: stop (keep the last good checkpoint) | skip the step
     threads: int = 0  # CPU threads for training (torch.set_num_threads); 0 = torch's default
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast of the loss; weights and optimizer stay float32)
     channels_last: bool = False  # image backbones: channels-last weights and batches (faster convs on CUDA)
     compile: bool = False  # torch.compile the network; not with the gradient penalty (double backward)
@@ -103,6 +119,7 @@ class SampleConfig:
     replay_particles: int = 2000  # population of the exact run that reading (c) replays
     num_steps: int = 100  # ddpm/ddim/euler/heun: network evaluations (NFE; heun takes (NFE + 1) // 2 steps)
     ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
+    step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power, N_s the new steps per level
     clip_x0: str = "auto"  # ddpm/ddim: clip the predicted clean sample to [-1, 1] (diffusers' clip_sample): auto = on for image data | on | off
 
 
@@ -115,6 +132,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # train.device and `dmmd sample --device`
@@ -139,14 +157,17 @@ CHOICES = {
 }
 POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.workers", "data.in_memory", "model.feature_dim", "model.width", "model.depth",
             "model.time_dim", "model.base_channels", "model.num_res_blocks", "model.init_width",
-            "train.steps", "train.batch_size", "train.num_levels", "train.lr", "train.log_every",
+            "train.steps", "train.batch_size", "train.num_levels", "train.gp_every", "train.lr", "train.log_every",
             "train.checkpoint_every", "train.keep_checkpoints", "sample.num_levels", "sample.steps_per_level", "sample.step_size",
             "sample.chunk_size", "sample.num_reference", "sample.replay_particles", "sample.num_steps", "process.beta_max",
             "process.beta_min", "process.blur_max_width"}
 NON_NEGATIVE = {"train.threads", "train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
-                "sample.kernel_step_size", "sample.ddim_eta"}
+                "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
+POSITIVE |= {"autoencoder.latent_dim", "autoencoder.steps", "autoencoder.batch_size", "autoencoder.lr",
+             "autoencoder.log_every", "autoencoder.checkpoint_every"}
+NON_NEGATIVE |= {"autoencoder.latent_l2"}
 SAMPLERS = {"dmmd": ("exact", "approx", "kale"), "ddpm": ("ddpm", "ddim"), "fm": ("euler", "heun")}
 # The KALE flow collapses above eta = 0.02 without noise (SPEC 8: injection and re-noising of
 # 0.3 sigma_t at eta 0.02 passed every 8-Gaussians criterion); applied to model.objective = 'kale'
@@ -231,21 +252,60 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
+MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes
+
+
+def read_tree(path: Path) -> dict:
+    """The sections of a TOML (or .json) config file; a one-line ConfigError for anything else
+    (not a regular file, binary, too large, nested too deeply, not an object of sections)."""
+    kind = "JSON" if path.suffix == ".json" else "TOML"
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_FILE_BYTES >> 20} MiB; a dmmd config is a few hundred bytes")
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+        tree = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?)") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid {kind}: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to be a dmmd config") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold sections of key = value settings, found a {type(tree).__name__}")
+    for section, body in tree.items():
+        if isinstance(body, dict) and any(isinstance(v, dict) for v in body.values()):
+            raise ConfigError(f"config file {path}: section {section!r} nests deeper than section.key")
+    return tree
+
+
+def check_flag(key: str, value):
+    """A command-line flag's value checked by the rules of the config key it mirrors (one
+    validation per value: `--seed -1` fails like `--set seed=-1`); returned as the key's type."""
+    cfg = Config()
+    set_value(cfg, key, value)
+    validate(cfg)
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults, then the file (TOML or JSON), then `key=value` overrides; validated."""
     tree: dict = {}
     if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-        try:
-            tree = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {err}") from None
+        tree = read_tree(Path(path))
     cfg = Config()
-    given = set(_flatten(tree))
+    in_file, overridden = set(_flatten(tree)), set()
     for key, value in _flatten(tree).items():
         set_value(cfg, key, value)
     for item in overrides:
@@ -253,26 +313,33 @@ def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Confi
         if not sep:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         set_value(cfg, key.strip(), value.strip())
-        given.add(key.strip())
-    apply_method_defaults(cfg, given)
+        overridden.add(key.strip())
+    apply_method_defaults(cfg, in_file, overridden)
     validate(cfg)
     return cfg
 
 
-def apply_method_defaults(cfg: Config, given: set[str]) -> None:
-    """Defaults that depend on other keys, for the keys the user did not give: a sampler that fits
-    the method (ddpm for DDPM, euler for flow matching) and KALE's own flow settings."""
-    if "sample.sampler" not in given and cfg.sample.sampler not in SAMPLERS[cfg.method]:
+def apply_method_defaults(cfg: Config, in_file: set[str] = frozenset(), overridden: set[str] = frozenset()) -> None:
+    """Defaults that depend on other keys: a sampler that fits the method (ddpm for DDPM, euler for
+    flow matching) unless --set chose one (a preset's DMMD sampler gives way to `method=fm`), and
+    KALE's own flow settings for the keys --set does not give (nor the file, if it asks for KALE)."""
+    if "sample.sampler" not in overridden and cfg.sample.sampler not in SAMPLERS[cfg.method]:
         cfg.sample.sampler = SAMPLERS[cfg.method][0]
     if cfg.model.objective == "kale":
+        # a preset's flow settings are for the MMD flow unless the preset itself is a KALE one
+        explicit = overridden | (in_file if "model.objective" in in_file else set())
         for key, value in KALE_SAMPLE_DEFAULTS.items():
-            if key not in given:
+            if key not in explicit:
                 set_value(cfg, key, value)
 
 
 def validate(cfg: Config) -> None:
     for key, obj, f in _sections(cfg):
         value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if isinstance(value, int) and not -2**63 < value < 2**63:
+            raise ConfigError(f"{key} must be below 2**63 in magnitude, got {str(value)[:30]}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
         if key in POSITIVE and not value > 0:
@@ -307,6 +374,10 @@ def validate(cfg: Config) -> None:
     if cfg.sample.sampler == "approx" and cfg.model.kernel != "linear":
         raise ConfigError(f"sample.sampler = 'approx' needs model.kernel = 'linear' (got {cfg.model.kernel!r}); "
                           "use sample.sampler = 'exact'")
+    if not cfg.autoencoder.channels or min(cfg.autoencoder.channels) < 1:
+        raise ConfigError(f"autoencoder.channels must be a non-empty list of positive widths, got {cfg.autoencoder.channels}")
+    if cfg.model.latent and cfg.model.backbone != "mlp":
+        raise ConfigError(f"model.latent needs model.backbone = 'mlp' (latents are vectors), got {cfg.model.backbone!r}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -146,28 +146,34 @@ def predict_x0(eps: Tensor, x_t: Tensor, t: Tensor | float, process: Process) ->
 
 
 def ddpm_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, noise: Tensor | None = None,
-              *, process: Process) -> Tensor:
+              *, process: Process, clip: float | None = None) -> Tensor:
     """Ancestral step t -> s < t: a draw from q(x_s | x_t, x0_hat) with x0_hat from eps.
 
     noise: N(0, I) of x_t's shape, or None for the posterior mean. t, s: scalars or (N,) times.
-    For s = 0 (abar_s = 1) the step returns x0_hat.
+    For s = 0 (abar_s = 1) the step returns x0_hat. clip: x0_hat is clamped to [-clip, clip]
+    before the posterior mean is formed (diffusers' clip_sample=True with clip_sample_range).
     """
     abar_t, one_t, abar_s, one_s = _pair(process, t, s, x_t.shape[0])
     beta_ts = 1.0 - abar_t / abar_s
     c_x0 = abar_s.sqrt() * beta_ts / one_t
     c_xt = (abar_t / abar_s).sqrt() * one_s / one_t
-    # mean = c_x0 * x0_hat + c_xt * x_t, with x0_hat expanded: (c_x0 / sqrt(abar_t) + c_xt) x_t - ... eps
-    out = _bcast(c_x0 / abar_t.sqrt() + c_xt, x_t) * x_t - _bcast(c_x0 * (one_t / abar_t).sqrt(), x_t) * eps
+    if clip is not None:
+        x0_hat = predict_x0(eps, x_t, t, process).clamp(-clip, clip)
+        out = _bcast(c_x0, x_t) * x0_hat + _bcast(c_xt, x_t) * x_t
+    else:  # mean = c_x0 * x0_hat + c_xt * x_t, with x0_hat expanded: (c_x0 / sqrt(abar_t) + c_xt) x_t - ... eps
+        out = _bcast(c_x0 / abar_t.sqrt() + c_xt, x_t) * x_t - _bcast(c_x0 * (one_t / abar_t).sqrt(), x_t) * eps
     if noise is not None:
         out = out + _bcast((one_s / one_t * beta_ts).sqrt(), x_t) * noise
     return out
 
 
 def ddim_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, eta: float = 0.0,
-              noise: Tensor | None = None, *, process: Process) -> Tensor:
+              noise: Tensor | None = None, *, process: Process, clip: float | None = None) -> Tensor:
     """DDIM step t -> s < t (Song et al. eq. 12); eta in [0, 1] scales the injected noise.
 
     noise: N(0, I) of x_t's shape for eta > 0, or None for the step's mean (no noise term).
+    clip: x0_hat clamped to [-clip, clip]; the direction term keeps the network's eps, as in
+    diffusers' DDIMScheduler with clip_sample=True and use_clipped_model_output=False.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
@@ -175,8 +181,12 @@ def ddim_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, et
     std = eta * (one_s / one_t * (1.0 - abar_t / abar_s)).sqrt()
     direction = (one_s - std**2).clamp(min=0.0).sqrt()
     # sqrt(abar_s) x0_hat + direction eps, with x0_hat expanded.
-    c_eps = direction - (abar_s * one_t / abar_t).sqrt()
-    out = _bcast((abar_s / abar_t).sqrt(), x_t) * x_t + _bcast(c_eps, x_t) * eps
+    if clip is not None:
+        x0_hat = predict_x0(eps, x_t, t, process).clamp(-clip, clip)
+        out = _bcast(abar_s.sqrt(), x_t) * x0_hat + _bcast(direction, x_t) * eps
+    else:
+        c_eps = direction - (abar_s * one_t / abar_t).sqrt()
+        out = _bcast((abar_s / abar_t).sqrt(), x_t) * x_t + _bcast(c_eps, x_t) * eps
     if noise is not None and eta > 0:
         out = out + _bcast(std, x_t) * noise
     return out
@@ -219,7 +229,7 @@ def _eps(net: nn.Module, x: Tensor, t: float, chunk_size: int | None) -> Tensor:
 
 def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: str = "ddpm",
            noise: ParticleNoise | None = None, progress=None, *, eta: float = 0.0,
-           final_denoise: bool = True, chunk_size: int | None = None) -> Tensor:
+           final_denoise: bool = True, chunk_size: int | None = None, clip: float | None = None) -> Tensor:
     """Run the reverse chain from z (N, ...) drawn from the prior N(0, I) at t_max.
 
     Steps along time_grid(process, num_steps) (uniform, t_max -> t_min) with `ddpm_step` or
@@ -227,6 +237,8 @@ def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: 
     x0_hat (num_steps network evaluations in all); final_denoise=False returns x at t_min, the last
     step into t_min taken without noise (num_steps - 1 evaluations). noise: a ParticleNoise for z's
     particles, needed by DDPM and DDIM with eta > 0; it is drawn once per stochastic step.
+    clip: clamp every predicted clean sample (and the final one) to [-clip, clip], as the reference
+    implementations do for data of known range (diffusers' clip_sample=True); None: no clipping.
     progress: anything with update(1), called after each network evaluation. chunk_size bounds the
     batch of one network call. Returns a new tensor.
     """
@@ -247,13 +259,15 @@ def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: 
             last = k == num_steps - 2 and not final_denoise
             e = noise.draw().to(device=x.device, dtype=x.dtype) if stochastic and not last else None
             if method == "ddpm":
-                x = ddpm_step(eps, x, t, s, e, process=process)
+                x = ddpm_step(eps, x, t, s, e, process=process, clip=clip)
             else:
-                x = ddim_step(eps, x, t, s, eta, e, process=process)
+                x = ddim_step(eps, x, t, s, eta, e, process=process, clip=clip)
             if progress is not None:
                 progress.update(1)
         if final_denoise:
             x = predict_x0(_eps(net, x, grid[-1], chunk_size), x, grid[-1], process)
+            if clip is not None:
+                x = x.clamp(-clip, clip)
             if progress is not None:
                 progress.update(1)
     return x

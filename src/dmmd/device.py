@@ -8,6 +8,9 @@ opt-in and leave the state dict unchanged, so checkpoints do not depend on them.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import torch
 
 from .config import DEVICE_PATTERN, ConfigError
@@ -27,6 +30,43 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
+
+
+_NOTED = False
+
+
+def spinning_threads() -> bool:
+    """Whether torch's OpenMP worker threads busy-wait: torch was loaded before dmmd could set
+    OMP_WAIT_POLICY=PASSIVE (see dmmd/__init__.py) and more than one thread is in use."""
+    from . import OMP_SET_TOO_LATE
+
+    return OMP_SET_TOO_LATE and torch.get_num_threads() > 1
+
+
+@contextlib.contextmanager
+def thread_guard(requested: int = 0, echo=None):
+    """Run the body with `requested` torch CPU threads (0: torch's own count), restored afterwards.
+
+    With 0 and spinning threads (torch imported before dmmd), one thread instead: a spinning
+    second thread made training 10-16x slower on a shared 2-core machine, while one thread was
+    as fast as two for the MLP presets. Says so once per process, with what to set instead."""
+    global _NOTED
+    before = torch.get_num_threads()
+    threads = requested
+    if not requested and spinning_threads():
+        threads = 1
+        if not _NOTED:
+            _NOTED = True
+            (echo or (lambda text: print(text, file=sys.stderr)))(
+                "note: torch was imported before dmmd, too late for OMP_WAIT_POLICY=PASSIVE (OpenMP threads "
+                f"would spin); using 1 CPU thread instead of {before}. Import dmmd before torch, or set "
+                "OMP_WAIT_POLICY=PASSIVE in the environment, to use more (or set train.threads).")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield threads or before
+    finally:
+        torch.set_num_threads(before)
 
 
 def prepare_model(model: torch.nn.Module, channels_last: bool = False, compile: bool = False) -> torch.nn.Module:

@@ -7,7 +7,9 @@ For each of N_n levels t_j (one level shared by the batch at that level):
              (train.gp_fraction < 1: the mean over the first ceil(gp_fraction B) interpolates only)
              f_j the batch witness at level t_j (features of x and y not detached)
     L2_j   = mean(a^2) + mean(b^2)
-Loss = mean_j loss_j. KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
+Loss = mean_j loss_j. Lazy regularisation (train.gp_every = k, StyleGAN2's lazy R1, SPEC 10): the
+training loop passes gp_scale = k on every k-th step (the penalty weighted k lambda_gp) and
+gp_scale = 0 on the others, where the interpolates' forward and the double backward are skipped. KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
 and uses a one-sided penalty relu(||grad h|| - 1)^2 (SPEC 8).
 
 All levels' clean and corrupted inputs go through the backbone in one forward pass of 2 N_n B
@@ -44,9 +46,15 @@ def gp_rows_per_rank(local: int, gp_fraction: float) -> int:
 
 def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
               lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
-              ctx: Context = Context(), gp_fraction: float = 1.0) -> tuple[Tensor, dict]:
+              ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0) -> tuple[Tensor, dict]:
     """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
-    kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss."""
+    kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss.
+
+    gp_scale multiplies lambda_gp; gp_scale = 0 leaves the penalty out (no 'gp' term): nothing
+    of it is computed, though the interpolation weights are still drawn, so the generator's
+    stream is the same on steps with and without the penalty."""
+    if gp_scale < 0:
+        raise ValueError(f"gp_scale must be >= 0, got {gp_scale}")
     num_levels, batch = t_levels.shape[0], x.shape[0]
     if batch % ctx.world_size:
         raise ValueError(f"batch size {batch} must be divisible by the number of processes {ctx.world_size}")
@@ -63,36 +71,44 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
         xs, ys, u, t = xs[rows], ys[rows], u[rows], t[rows]
     a_loc, b_loc = disc.features(torch.cat([xs, ys]), torch.cat([t, t])).view(2, num_levels, local, -1).unbind(0)
     a, b = gather_rows(a_loc, 1, ctx), gather_rows(b_loc, 1, ctx)  # (L, B, D)
-    gp_rows = gp_rows_per_rank(local, gp_fraction)
+    gp_rows, penalise = gp_rows_per_rank(local, gp_fraction), gp_scale > 0
     if gp_rows < local:  # the penalty on the first gp_rows interpolates of every level block
         keep = (torch.arange(num_levels).view(-1, 1) * local + torch.arange(gp_rows).view(1, -1)).flatten()
         u, t = u[keep.to(u.device)], t[keep.to(t.device)]
-    u = u.detach().requires_grad_(True)
-    fu = disc.features(u, t).view(num_levels, gp_rows, -1)  # (L, gp_rows, D)
+    if penalise:
+        u = u.detach().requires_grad_(True)
+        fu = disc.features(u, t).view(num_levels, gp_rows, -1)  # (L, gp_rows, D)
 
     if disc.objective == "kale":
-        h_a, h_b, h_u = (disc.critic_value(f.reshape(-1, f.shape[-1])).view(num_levels, -1) for f in (a, b, fu))
+        h_a, h_b = (disc.critic_value(f.reshape(-1, f.shape[-1])).view(num_levels, -1) for f in (a, b))
         divergence = torch.stack([dv.kale_objective(h_a[j], h_b[j]) for j in range(num_levels)])
-        witness_values = h_u
+        if penalise:
+            witness_values = disc.critic_value(fu.reshape(-1, fu.shape[-1])).view(num_levels, -1)
     else:
         divergence, witness_values = [], []
         for j in range(num_levels):
             kernel = disc.kernel(t_levels[j])
             if disc.kernel_name == "linear":
                 divergence.append(dv.mmd2_linear_unbiased(a[j], b[j]))
-                witness_values.append(dv.linear_witness(fu[j], a[j].mean(0), b[j].mean(0)))
+                if penalise:
+                    witness_values.append(dv.linear_witness(fu[j], a[j].mean(0), b[j].mean(0)))
             else:
                 divergence.append(dv.mmd2(kernel, a[j], b[j], unbiased=True))
-                witness_values.append(dv.witness(kernel, fu[j], a[j], b[j]))
-        divergence, witness_values = torch.stack(divergence), torch.stack(witness_values)
+                if penalise:
+                    witness_values.append(dv.witness(kernel, fu[j], a[j], b[j]))
+        divergence = torch.stack(divergence)
+        witness_values = torch.stack(witness_values) if penalise else None
 
-    (grad_u,) = torch.autograd.grad(witness_values.sum(), u, create_graph=True)
-    grad_norm = grad_u.flatten(1).norm(dim=1)
-    excess = grad_norm - 1.0
+    penalty = 0.0
+    if penalise:
+        (grad_u,) = torch.autograd.grad(witness_values.sum(), u, create_graph=True)
+        excess = grad_u.flatten(1).norm(dim=1) - 1.0
+        gp_count = num_levels * gp_rows * ctx.world_size  # global number of penalised interpolates
+        gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).sum() / gp_count
+        penalty = gp_scale * lambda_gp * gp
     count = num_levels * batch  # global number of rows per feature set
-    gp_count = num_levels * gp_rows * ctx.world_size  # global number of penalised interpolates
-    gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).sum() / gp_count
     l2 = (a_loc.pow(2).sum() + b_loc.pow(2).sum()) / (count * a_loc.shape[-1])
-    loss = -divergence.mean() / ctx.world_size + lambda_gp * gp + lambda_l2 * l2
+    loss = -divergence.mean() / ctx.world_size + penalty + lambda_l2 * l2
     name = "kale" if disc.objective == "kale" else "mmd2"
-    return loss, {name: divergence.mean().detach(), "gp": gp.detach(), "l2": l2.detach()}
+    terms = {name: divergence.mean().detach(), **({"gp": gp.detach()} if penalise else {}), "l2": l2.detach()}
+    return loss, terms

@@ -8,12 +8,13 @@ run of a large population (mean-field replay), tagged with the sampler settings 
 
 from __future__ import annotations
 
+import typing
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from .config import Config, ProcessConfig, SampleConfig
+from .config import SAMPLERS, Config, ProcessConfig, SampleConfig
 from .discriminator import Discriminator, build_discriminator
 from .noising import BlurProcess, Process, VPProcess, time_grid
 from .sampling import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
@@ -34,7 +35,7 @@ def build_process(cfg: ProcessConfig) -> Process:
 def build_model(cfg: Config, data_shape: tuple[int, ...]) -> torch.nn.Module:
     """The trained network of a method: DMMD's discriminator or the DDPM baseline's epsilon net
     (the same backbone family, so comparisons share the architecture)."""
-    if cfg.method == "ddpm":
+    if cfg.method in ("ddpm", "fm"):  # both regress a tensor of the data's shape
         from .ddpm import build_eps_net
 
         return build_eps_net(cfg.model, data_shape)
@@ -90,12 +91,79 @@ def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process,
     return stats
 
 
+BOUNDED_DATA = ("digits", "mnist", "fashion_mnist", "cifar10", "folder")  # scaled to [-1, 1] by the data layer
+
+
+def clip_range(cfg: Config) -> float | None:
+    """DDPM's clip of the predicted clean sample: 1.0 (data in [-1, 1]) or None (sample.clip_x0;
+    'auto' clips the data sets the data layer scales to [-1, 1], not toys, user arrays or the
+    standardised latents of model.latent, which are unbounded)."""
+    mode = cfg.sample.clip_x0
+    bounded = cfg.data.name in BOUNDED_DATA and not cfg.model.latent
+    return 1.0 if mode == "on" or (mode == "auto" and bounded) else None
+
+
+def nfe(cfg: Config) -> int:
+    """Network evaluations of cfg.sample's sampler (a DMMD step is one forward and its input
+    gradient; Heun's last step is Euler)."""
+    s = cfg.sample
+    if cfg.method == "fm":
+        from .flow_matching import num_evaluations
+
+        return num_evaluations(s.num_steps, s.sampler)
+    return s.num_steps if cfg.method == "ddpm" else s.num_levels * s.steps_per_level
+
+
+def dmmd_split(nfe: int) -> tuple[int, int]:
+    """T x N_s for an NFE budget: the paper's T = 10 levels when NFE is a multiple of 10 (N_s =
+    NFE / 10), else NFE levels of one step."""
+    return (10, nfe // 10) if nfe >= 10 and nfe % 10 == 0 else (nfe, 1)
+
+
+def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -> None:
+    """Set cfg.sample for a budget of nfe network evaluations, in place; keys in `keep` (e.g.
+    'sample.step_size' given with --set) are left as they are.
+
+    DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split`, and the step
+    size eta = step_size (steps_per_level / N_s)^p from the configured pair (p =
+    sample.step_size_power). A fixed eta fails at small NFE (digits: FD 481 at NFE 10 with the
+    preset's 0.1): the distance travelled per level, eta N_s, must stay near 1-2. Per-NFE tuning on
+    digits (docs/compare.md) chose eta N_s = 1, 1.5 and 2 at N_s = 1, 5 and 10: travel growing as
+    N_s^0.3, i.e. p = 0.7 (benchmarks/nfe_rule.py checks the rule against per-NFE tuning)."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    s = cfg.sample
+    if cfg.method != "dmmd":
+        if "sample.num_steps" not in keep:
+            s.num_steps = nfe
+        return
+    eta, steps_before = s.step_size, s.steps_per_level
+    levels, steps = dmmd_split(nfe)
+    if "sample.num_levels" not in keep:
+        s.num_levels = levels
+    if "sample.steps_per_level" not in keep:
+        s.steps_per_level = steps if "sample.num_levels" not in keep else max(1, nfe // s.num_levels)
+    if "sample.step_size" not in keep:
+        s.step_size = eta * (steps_before / s.steps_per_level) ** s.step_size_power
+
+
+def needs_calibration(disc: Discriminator, cfg: Config, stats: dict) -> bool:
+    """True when cfg.sample's DMMD sampler needs level statistics or a replay the stats lack."""
+    s, settings = cfg.sample, flow_settings(cfg.sample)
+    if cfg.method != "dmmd" or s.sampler == "kale" or disc.objective == "kale" or disc.kernel_name != "linear":
+        return False
+    if stats.get("grid") != grid_tag(settings):
+        return True
+    return s.sampler == "approx" and s.reading == "replay" and settings.tag() not in stats.get("replay", {})
+
+
 def check_sampler(disc: Discriminator, cfg: Config, stats: dict, reference: Tensor | None = None) -> None:
     """Raise SamplerMismatch when cfg.sample's sampler cannot run on this model and its statistics."""
     s, settings = cfg.sample, flow_settings(cfg.sample)
-    if (cfg.method == "ddpm") != (s.sampler in ("ddpm", "ddim")):
-        raise SamplerMismatch(f"--sampler {s.sampler} does not fit a model trained with method = {cfg.method!r}")
-    if cfg.method == "ddpm":
+    if s.sampler not in SAMPLERS[cfg.method]:
+        raise SamplerMismatch(f"--sampler {s.sampler} does not fit a model trained with method = {cfg.method!r} "
+                              f"(use {' or '.join(SAMPLERS[cfg.method])})")
+    if cfg.method != "dmmd":
         return
     if s.sampler == "kale" and disc.objective != "kale":
         raise SamplerMismatch("the kale sampler needs a model trained with model.objective = 'kale'")
@@ -126,11 +194,16 @@ def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shap
     s, settings = cfg.sample, flow_settings(cfg.sample)
     noise = ParticleNoise(seed, num_samples, shape, start=start, device=device)
     z0 = noise.prior(process)
+    if cfg.method == "fm":  # the prior N(0, I) at t = 0 of the rectified flow
+        from . import flow_matching
+
+        return flow_matching.sample(disc, z0, s.num_steps, s.sampler, progress, chunk_size=s.chunk_size)
     if cfg.method == "ddpm":
         from . import ddpm
 
         return ddpm.sample(disc, z0, process, s.num_steps, s.sampler, noise, progress,
-                           eta=s.ddim_eta if s.sampler == "ddim" else 0.0, chunk_size=s.chunk_size)
+                           eta=s.ddim_eta if s.sampler == "ddim" else 0.0, chunk_size=s.chunk_size,
+                           clip=clip_range(cfg))
     grid = time_grid(process, settings.num_levels, settings.grid)
     if s.sampler == "kale":
         return kale_flow(disc, z0, grid, settings, process, noise, progress)
@@ -154,12 +227,16 @@ def load_model(path, device: str | torch.device = "cpu"):
     """(config, EMA discriminator in eval mode, stats, raw payload) from a checkpoint or run folder."""
     from . import checkpoint as ckpt
     from .config import from_dict, ConfigError
+    path = ckpt.resolve(path)  # once: `latest` may move on while training runs
     payload = ckpt.load(path, map_location=device)
     try:
         cfg = from_dict(payload["config"])
     except (ConfigError, TypeError, KeyError) as err:
         raise ckpt.CheckpointError(f"checkpoint config is not valid for this dmmd: {err}") from None
     shape = tuple(payload.get("data_shape") or ())
+    from .validate import check_model_fits
+
+    check_model_fits(build_model, cfg, shape, payload["ema"], path)  # before allocating anything
     disc = build_model(cfg, shape).to(device)
     prefix = "module."
     try:
@@ -167,4 +244,7 @@ def load_model(path, device: str | torch.device = "cpu"):
     except (KeyError, RuntimeError) as err:
         raise ckpt.CheckpointError(f"checkpoint weights do not match its config: {str(err).splitlines()[0]}") from None
     disc.eval().requires_grad_(False)
-    return cfg, disc, payload.get("stats") or {}, payload
+    from .statsfile import merged  # statistics `dmmd calibrate` stored beside the checkpoint
+
+    stats = merged(path, payload.get("stats") or {}, cfg.method, getattr(disc, "feature_dim", None), device)
+    return cfg, disc, stats, payload

@@ -5,7 +5,9 @@
 - 8 Gaussians: each mode's share, share within 3 data standard deviations of a mode centre,
   within-mode spread against the data's;
 - digits: a logistic-regression classifier fitted on the training split gives each class's share
-  of the samples and the mean top-class probability, against the same on held-out digits.
+  of the samples and the mean top-class probability, against the same on held-out digits;
+- Fashion-MNIST: the same class figures from the shipped Fashion-MNIST network
+  (dmmd.evaluation.fashion_net).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ def sample_report(samples: Tensor, data: Dataset) -> dict:
         report["modes"] = modes
     if data.name == "digits":
         report["classes"] = class_report(samples.float(), data.test)
+    if data.name == "fashion_mnist":
+        from .evaluation.fashion_net import class_report as fashion_class_report
+
+        report["classes"] = fashion_class_report(samples.float(), data.test)
     return report
 
 
@@ -104,6 +110,10 @@ def evaluate_samples(samples: Tensor, data: Dataset, metrics: tuple[str, ...] = 
         from .evaluation.digits_net import digits_scores
 
         out["digits"] = digits_scores(samples, data.test)  # FD-digits, IS-digits, class coverage
+    if data.name == "fashion_mnist":
+        from .evaluation.fashion_net import fashion_scores
+
+        out["fashion"] = fashion_scores(samples, data.test)  # FD-fashion, IS-fashion, class coverage
     if "precision_recall" in metrics:
         precision, recall = m.precision_recall(test, flat, k=3)
         out["precision"], out["recall"] = precision, recall

@@ -19,12 +19,21 @@ The last three use no population: each particle moves on its own, so sample i de
 its own noise. The KALE flow ascends the critic h(., t).
 
 Every function here is pure: no plotting, no files. Noise comes from a `ParticleNoise`, which
-gives particle i its own generator seeded from (seed, index), so a particle's path does not
-depend on the batch it is drawn in.
+draws particle i's noise from the generator of its aligned block of indices, seeded from (seed,
+block), so a particle's path does not depend on the batch it is drawn in.
+
+The exact sampler with more particles than chunk_size needs the whole population's features
+before any particle can move. It forwards every chunk once with its autograd graph kept, forms
+the population from those features, then back-propagates chunk by chunk: one forward and one
+backward per particle, like the approximate sampler. When the kept graphs would exceed
+FlowSettings.graph_budget_mb (measured on the first chunk: the bytes its graph saves), it falls
+back to a no-grad population pass followed by a forward and backward per chunk (one extra
+forward per step).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,24 +43,70 @@ from torch import Tensor
 from .discriminator import Discriminator
 from .noising import Process
 
-_SEED_STRIDE = 1_000_003
+BLOCK_VALUES = 65_536  # values per block draw: a block is at most this many numbers (and 256 rows)
+BLOCK_ROWS_MAX = 256
+_MASK64 = (1 << 64) - 1
+
+
+def block_rows(shape: tuple[int, ...]) -> int:
+    """Particles per noise block for samples of this shape: the largest power of two <= 256 whose
+    block holds at most BLOCK_VALUES numbers (1 for samples larger than that)."""
+    values, rows = max(1, math.prod(shape)), 1
+    while rows * 2 <= BLOCK_ROWS_MAX and rows * 2 * values <= BLOCK_VALUES:
+        rows *= 2
+    return rows
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of block `block` of run seed `seed`: splitmix64 of (seed, block), high 32 bits
+    (torch's CPU generator keeps only the low 32 bits of manual_seed, so a plain seed * 2^32 +
+    block would repeat across seeds)."""
+    z = ((seed << 32) + block + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 32
 
 
 class ParticleNoise:
-    """Per-particle Gaussian noise: particle `start + i` draws from its own seeded generator."""
+    """Per-particle Gaussian noise, batched: sample i is a function of (seed, i) only.
+
+    Particles are grouped into aligned blocks of `block_rows(shape)` indices; block b has its own
+    generator seeded by block_seed(seed, b) and every draw takes a full block from it. A batch
+    [start, start + num) holds the generators of the blocks that overlap it and slices, so whatever
+    the batch (start, size), particle i's k-th draw is the same numbers. Draws are made in float32
+    on the CPU (identical on every device), then moved to device and dtype.
+    """
 
     def __init__(self, seed: int, num: int, shape: tuple[int, ...], start: int = 0,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        if num < 0 or start < 0:
+            raise ValueError(f"ParticleNoise needs num >= 0 and start >= 0, got num={num}, start={start}")
         self.shape, self.device, self.dtype = tuple(shape), device, dtype
-        self.generators = [torch.Generator().manual_seed(seed * _SEED_STRIDE + start + i) for i in range(num)]
+        self.num, self.start, self.rows = num, start, block_rows(self.shape)
+        first, last = start // self.rows, (start + num - 1) // self.rows
+        self.blocks = [(b, torch.Generator().manual_seed(block_seed(seed, b))) for b in range(first, last + 1)] if num else []
+
+    def _fill(self, draw_block, in_place=None) -> Tensor:
+        """Assemble (num, *shape) from full-block draws; in_place(generator, view) fills a whole
+        block straight into the output (the same numbers as draw_block, without a copy)."""
+        out = torch.empty((self.num, *self.shape))
+        for b, g in self.blocks:
+            lo = b * self.rows
+            a, z = max(lo, self.start), min(lo + self.rows, self.start + self.num)
+            if in_place is not None and z - a == self.rows:
+                in_place(g, out[a - self.start:z - self.start])
+            else:
+                out[a - self.start:z - self.start] = draw_block(g)[a - lo:z - lo]
+        return out.to(device=self.device, dtype=self.dtype)
 
     def draw(self) -> Tensor:
-        out = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
-        return out.to(device=self.device, dtype=self.dtype)
+        """The next N(0, I) draw of every particle: (num, *shape)."""
+        return self._fill(lambda g: torch.randn((self.rows, *self.shape), generator=g),
+                          lambda g, view: view.normal_(generator=g))
 
     def prior(self, process: Process) -> Tensor:
-        out = torch.cat([process.prior((1, *self.shape), generator=g) for g in self.generators])
-        return out.to(device=self.device, dtype=self.dtype)
+        """A draw from process.prior for every particle: (num, *shape)."""
+        return self._fill(lambda g: process.prior((self.rows, *self.shape), generator=g))
 
 
 @dataclass
@@ -64,6 +119,7 @@ class FlowSettings:
     renoise: float = 0.0
     leave_one_out: bool = False
     chunk_size: int = 1024
+    graph_budget_mb: float = 1024.0  # exact sampler above chunk_size: most MB of autograd graphs kept at once
 
     @property
     def num_steps(self) -> int:
@@ -85,34 +141,77 @@ def _population_features(disc, z, t, chunk_size) -> Tensor:
         return torch.cat([disc.features(z[i:i + chunk_size], t) for i in range(0, z.shape[0], chunk_size)])
 
 
+def _features_and_graph_bytes(disc: torch.nn.Module, z: Tensor, t) -> tuple[Tensor, int]:
+    """phi(z, t) with its graph, and the bytes of the tensors that graph saves for backward (each
+    storage once; z's storage and the model's parameters and buffers, held anyway, excluded)."""
+    own = {p.untyped_storage().data_ptr() for p in [z, *disc.parameters(), *disc.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(x: Tensor) -> Tensor:
+        storage = x.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        feats = disc.features(z, t)
+    return feats, sum(seen.values())
+
+
+def _move(term: Term, feats: Tensor, zc: Tensor, k: int, step: int, pop: Tensor | None, chunk: slice) -> Tensor:
+    """grad_z of the chunk's summed witness values (frees the chunk's graph)."""
+    with torch.enable_grad():
+        values = term(feats, k, step, pop, chunk)
+        (grad,) = torch.autograd.grad(values.sum(), zc)
+    return grad
+
+
 def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSettings, process: Process,
              term: Term, noise: ParticleNoise | None = None, needs_population: bool = False,
              record: Callable[[int, Tensor], None] | None = None, progress=None) -> Tensor:
-    """The shared loop of every flow; returns the final particles (a new tensor)."""
+    """The shared loop of every flow; returns the final particles (a new tensor).
+
+    needs_population: the term reads the population's features (detached, (N, D)). Every chunk
+    is then forwarded with its graph kept, the population assembled, and the chunks moved; or,
+    above settings.graph_budget_mb of kept graphs, the population comes from a no-grad pass."""
     z = z.detach().clone()
     n, step = z.shape[0], 0
-    one_pass = not needs_population or n <= settings.chunk_size
+    chunks = [slice(i, min(i + settings.chunk_size, n)) for i in range(0, n, settings.chunk_size)]
+    # keep every chunk's graph until the population is known: decided on the first chunk (None)
+    keep = True if len(chunks) == 1 else None
     if (settings.inject or settings.renoise) and noise is None:
         raise ValueError("noise in the flow (inject or renoise > 0) needs a ParticleNoise source")
     for k, t in enumerate(grid.tolist()):
         sigma = float(process.noise_scale(torch.tensor(t)))
         for _ in range(settings.steps_per_level):
             z_eval = z + settings.inject * sigma * noise.draw() if settings.inject else z
-            population = None
-            if needs_population and not one_pass:
-                population = _population_features(disc, z_eval, t, settings.chunk_size)
-            new_z = torch.empty_like(z)
-            for i in range(0, n, settings.chunk_size):
-                chunk = slice(i, min(i + settings.chunk_size, n))
+            pop = None
+            if needs_population and keep is False:
+                pop = _population_features(disc, z_eval, t, settings.chunk_size)
+            new_z, held = torch.empty_like(z), []
+            for chunk in chunks:
                 zc = z_eval[chunk].detach().requires_grad_(True)
                 with torch.enable_grad():
-                    feats = disc.features(zc, t)
-                    pop = feats.detach() if needs_population and one_pass else population
-                    values = term(feats, k, step, pop, chunk)
-                    (grad,) = torch.autograd.grad(values.sum(), zc)
-                new_z[chunk] = z[chunk] + settings.step_size * grad
-                if record is not None and pop is not None and i == 0:
-                    record(step, pop.mean(0))
+                    if needs_population and keep is None:
+                        feats, graph_bytes = _features_and_graph_bytes(disc, zc, t)
+                        keep = graph_bytes * n / zc.shape[0] <= settings.graph_budget_mb * 2**20
+                        if not keep:
+                            pop = _population_features(disc, z_eval, t, settings.chunk_size)
+                    else:
+                        feats = disc.features(zc, t)
+                if needs_population and pop is None:
+                    held.append((chunk, zc, feats))
+                    continue
+                new_z[chunk] = z[chunk] + settings.step_size * _move(term, feats, zc, k, step, pop, chunk)
+            if held:
+                pop = torch.cat([feats.detach() for _, _, feats in held])
+                held.reverse()
+                while held:  # release each chunk's graph once it has moved
+                    chunk, zc, feats = held.pop()
+                    new_z[chunk] = z[chunk] + settings.step_size * _move(term, feats, zc, k, step, pop, chunk)
+                del feats
+            if record is not None and pop is not None:
+                record(step, pop.mean(0))
             z = new_z
             step += 1
             if progress is not None:
@@ -126,12 +225,18 @@ def exact_term(disc: Discriminator, grid: Tensor, reference: Tensor, leave_one_o
     """The exact interacting-particle witness. reference: (T, D) data mean features for the
     linear kernel, or (T, M, D) reference data features for any other kernel."""
     linear = disc.kernel_name == "linear"
+    cache: dict = {}
+
+    def population_sum(pop: Tensor) -> Tensor:  # once per step: every chunk of a step shares pop
+        if cache.get("pop") is not pop:
+            cache["pop"], cache["sum"] = pop, pop.sum(0)
+        return cache["sum"]
 
     def term(feats, k, step, pop, chunk):
         n = pop.shape[0]
         own = pop[chunk]
         if linear:
-            pop_sum = pop.sum(0)
+            pop_sum = population_sum(pop)
             particle = feats @ pop_sum if not leave_one_out else feats @ pop_sum - (feats * own).sum(1)
             return feats @ reference[k] - particle / (n - 1 if leave_one_out else n)
         kernel = disc.kernel(grid[k])

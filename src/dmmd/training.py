@@ -6,8 +6,9 @@ from one torch.Generator whose state is checkpointed, so a resumed run continues
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,17 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint as ckpt
-from .config import Config, to_json
-from .device import as_layout, prepare_model
+from .config import Config, from_dict, to_json
+from .device import as_layout, prepare_model, thread_guard
 from .pipeline import build_model
 from .distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
 from .ddpm import ddpm_loss
+from .flow_matching import fm_loss
 from .losses import dmmd_loss
 from .pipeline import build_process, calibrate
+from .runlog import RunLog
+from .runfolder import Interrupted, check_resume, signal_name, stop_requested, stop_signals
+from .validate import check_stats
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,6 +93,21 @@ def restore_state(state: TrainState, payload: dict) -> None:
     state.best = payload.get("best") or None
 
 
+def stop_at_boundary(state: TrainState, cfg: Config, run_dir: Path, first_step: int, log: RunLog) -> None:
+    """After SIGTERM/SIGINT: checkpoint the step reached (unless no step was taken since the last
+    one), log where to resume from, and raise Interrupted (exit 128 + signal)."""
+    signum = stop_requested()
+    if state.step > first_step:
+        where = f"checkpoint {save_checkpoint(state, cfg, run_dir)}"
+    else:
+        where = "no step since " + ("the start" if state.step == 0 else f"the checkpoint of step {state.step}")
+    message = (f"stopped by {signal_name(signum)} at step {state.step} ({where}); continue with: "
+               f"dmmd train --resume {run_dir}")
+    log.line(message, echo=False)  # the CLI prints it once, on stderr
+    log.close()
+    raise Interrupted(message, signum)
+
+
 class StreamSource:
     """Batches read from a disk-backed data set (e.g. dmmd.data.files.ImageFolder) by index, decoded
     by a pool of threads. Indices come from the training generator like in-memory batches, and the
@@ -119,18 +139,21 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
 
     Under data parallelism every rank draws the same global batch and holds the same weights."""
     tc, gen = cfg.train, state.generator
-    ddpm = cfg.method == "ddpm"  # the baseline: one batch, epsilon-prediction loss
-    idx = torch.randint(0, len(train_data), ((1 if ddpm else 2) * tc.batch_size,), generator=gen, device=gen.device)
+    baseline = cfg.method != "dmmd"  # DDPM and flow matching: one batch, a regression loss
+    idx = torch.randint(0, len(train_data), ((1 if baseline else 2) * tc.batch_size,), generator=gen, device=gen.device)
     batch = as_layout(_batch(train_data, idx, state.step), tc.channels_last)
     with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-        if ddpm:
+        if cfg.method == "ddpm":
             loss, terms = ddpm_loss(state.model, batch, process, gen)
+        elif cfg.method == "fm":
+            loss, terms = fm_loss(state.model, batch, gen)
         else:
             x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
+            lazy = tc.gp_every if (state.step + 1) % tc.gp_every == 0 else 0  # train.gp_every: steps k, 2k, ...
             loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
-                                    tc.gp_fraction)
+                                    tc.gp_fraction, gp_scale=lazy)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
@@ -160,11 +183,14 @@ VAL_SEED = 12345  # the held-out loss draws from its own generator: training's s
 
 
 def validation_loss(model: torch.nn.Module, val_data: torch.Tensor, process, cfg: Config) -> float:
-    """Algorithm 1's loss (DMMD) or the epsilon loss (DDPM) of `model` on held-out data, with fixed
-    levels and a fixed seed, so that values at different steps compare (lower is better)."""
+    """Algorithm 1's loss (DMMD), the epsilon loss (DDPM) or the velocity loss (flow matching) of
+    `model` on held-out data, with fixed levels and a fixed seed, so that values at different steps
+    compare (lower is better)."""
     gen = torch.Generator(device=val_data.device).manual_seed(VAL_SEED)
-    if cfg.method == "ddpm":
+    if cfg.method in ("ddpm", "fm"):
         with torch.no_grad():
+            if cfg.method == "fm":
+                return float(fm_loss(model, val_data[:VAL_BATCH], gen)[0])
             return float(ddpm_loss(model, val_data[:VAL_BATCH], process, gen)[0])
     half = min(VAL_BATCH, cfg.train.batch_size, len(val_data) // 2)
     x, x_prime = val_data[:half], val_data[half:2 * half]
@@ -198,49 +224,27 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool =
     return folder / name
 
 
-class RunLog:
-    """Appends human-readable lines to log.txt and JSON records to metrics.jsonl."""
-
-    def __init__(self, run_dir: Path, echo=None, enabled: bool = True):
-        self.run_dir, self.echo, self.enabled = run_dir, echo, enabled
-
-    def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        with open(self.run_dir / "log.txt", "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        if self.echo:
-            self.echo(text)
-
-    def metrics(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
 def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bool = False,
           progress: bool = True, echo=None, stream=None, val_data: torch.Tensor | None = None,
-          max_seconds: float | None = None) -> TrainState:
+          max_seconds: float | None = None, clock=time.time) -> TrainState:
     """Run Algorithm 1 for cfg.train.steps, checkpointing into run_dir; returns the final state.
 
     train_data: the training set in memory; with `stream` (a disk-backed data set) batches are read
     from the stream and train_data only serves to calibrate the sampler statistics at the end.
     val_data: held-out data; with train.best_by = 'val_loss' the EMA model's loss on it is taken at
     every checkpoint, logged, and the lowest one's checkpoint kept as checkpoints/best.pt.
-    max_seconds: stop (with the final checkpoint) once this much wall-clock has passed, even
+    clock: what max_seconds counts (time.time: wall-clock; time.process_time: CPU time, the fair
+    budget on a shared machine).
+    max_seconds: stop (with the final checkpoint) once this much clock time has passed, even
     before cfg.train.steps (equal-time budgets in `dmmd compare`; not exact-resume material)."""
-    threads = torch.get_num_threads()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    try:
-        return _train(cfg, train_data, Path(run_dir), resume, progress, echo, stream, val_data, max_seconds)
-    finally:
-        torch.set_num_threads(threads)
+    single = int(os.environ.get("WORLD_SIZE", "1")) <= 1  # ranks must stop at the same step: signals act as usual
+    # also one thread when torch's OpenMP threads would spin; SIGTERM/SIGINT stop at a step boundary
+    with thread_guard(cfg.train.threads), stop_signals(enabled=single):
+        return _train(cfg, train_data, Path(run_dir), resume, progress, echo, stream, val_data, max_seconds, clock)
 
 
 def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, progress: bool, echo, stream,
-           val_data: torch.Tensor | None, max_seconds: float | None) -> TrainState:
+           val_data: torch.Tensor | None, max_seconds: float | None, clock=time.time) -> TrainState:
     from tqdm.auto import tqdm
 
     ctx = init_from_env(cfg.train.device)
@@ -256,19 +260,29 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
     source = data if stream is None else StreamSource(stream, cfg.data.workers)
     process = build_process(cfg.process)
     state = new_state(cfg, tuple(data.shape[1:]), device)
-    log = RunLog(run_dir, echo, enabled=ctx.is_main)
+    bar_on = bool(progress and ctx.is_main and sys.stderr.isatty())  # a bar on a terminal; plain lines otherwise
+    log = RunLog(run_dir, echo, enabled=ctx.is_main, total_steps=cfg.train.steps, echo_intervals=not bar_on)
     if resume and (run_dir / ckpt.LATEST).is_file():
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a kill during a write
             stale.unlink()
-        restore_state(state, ckpt.load(run_dir, map_location=device))
+        payload = ckpt.load(run_dir, map_location=device)
+        check_resume(from_dict(payload["config"]), cfg, f"the checkpoint {ckpt.resolve(run_dir)}")
+        if tuple(payload["data_shape"]) != state.data_shape:
+            raise ckpt.CheckpointError(f"the checkpoint was trained on items of shape {tuple(payload['data_shape'])}; "
+                                       f"the data now has {state.data_shape}")
+        check_stats(payload["stats"], ckpt.resolve(run_dir), cfg.method, getattr(state.model, "feature_dim", None))
+        restore_state(state, payload)
+        for group in state.optimizer.param_groups:  # train.lr may change on resume: the optimizer takes it
+            group["lr"] = cfg.train.lr
         log.line(f"resumed at step {state.step}")
     elif resume:
         log.line("no checkpoint yet: starting from step 0")
-    else:
-        if ctx.is_main:
-            ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
+    if ctx.is_main:  # what the run now is (a resume may change the keys runfolder.RESUMABLE lists)
+        ckpt.atomic_write_text(run_dir / "config.json", to_json(cfg) + "\n")
+    if not resume:
         log.line(f"training {cfg.method} on {cfg.data.name}: {cfg.train.steps} steps, "
-                 f"{sum(p.numel() for p in state.model.parameters())} parameters, {ctx.world_size} process(es)")
+                 f"{sum(p.numel() for p in state.model.parameters())} parameters, {ctx.world_size} process(es) on {device}")
+    log.start(state.step)  # metrics after a resumed checkpoint are dropped; elapsed_s continues
     val = None
     if cfg.train.best_by == "val_loss" and val_data is not None and len(val_data) >= 4:
         val = val_data.to(device)
@@ -276,17 +290,20 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         log.line("no held-out data (at least 4 rows): best.pt is not kept")
 
     def held_out(state: TrainState, log: RunLog) -> float | None:
+        log.preview(state.step, state.ema.module, cfg, data)  # a TensorBoard sample grid, when installed
         if val is None:
             return None
         value = validation_loss(state.ema.module, val, process, cfg)
-        log.metrics({"step": state.step, "val_loss": value})
+        log.val(state.step, value)
         return value
 
-    started = time.time()
-    bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True)
+    started, budget_start = time.time(), clock()
+    bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not bar_on, dynamic_ncols=True)
+    first_step = state.step
     while state.step < cfg.train.steps:
-        if max_seconds is not None and time.time() - started >= max_seconds:
+        if stop_requested() is not None:  # SIGTERM/SIGINT: stop at this step boundary
+            break
+        if max_seconds is not None and clock() - budget_start >= max_seconds:
             log.line(f"time budget of {max_seconds:.1f} s reached at step {state.step}")
             break
         record = train_step(state, source, process, cfg, ctx)
@@ -294,15 +311,18 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         if "skipped" in record:
             log.line(f"step {state.step}: skipped (non-finite {record['skipped']})")
         elif state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
-            log.metrics({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
+            log.train(state.step, record)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "grad_norm"})
         if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps and ctx.is_main:
             save_checkpoint(state, cfg, run_dir, val_loss=held_out(state, log))
     bar.close()
+    if stop_requested() is not None:
+        stop_at_boundary(state, cfg, run_dir, first_step, log)
     if ctx.is_main:
         if cfg.method == "dmmd":
             state.stats = calibrate(state.ema.module, cfg, data, process, state.stats)
         path = save_checkpoint(state, cfg, run_dir, final=True, val_loss=held_out(state, log))
         log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
+    log.close()
     shutdown(ctx)
     return state

@@ -4,6 +4,9 @@ Users' own vectors or images come from a .npy/.npz file (data.name = "file", dat
 array "x" in an .npz), used as they are. The embedded default is scikit-learn's handwritten digits (1797 images of 8x8, pixel values
 0..16, shipped inside the scikit-learn wheel: no download). Pixels are scaled to [-1, 1] here,
 in the data layer; the split is a fixed permutation (seed 0): 1500 train, 297 test.
+MNIST and Fashion-MNIST use their own 60000/10000 train/test files (pixels 0..255 -> [-1, 1], with
+their labels); Fashion-MNIST is read from data.root or, by default, from FASHION_MNIST_ROOT, where
+Debian's package dataset-fashion-mnist installs it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
-from .files import DataError, load_cifar10, load_mnist
+from .files import (DataError, MissingFileError, check_label_count, load_cifar10, load_mnist, load_mnist_labels,
+                    load_mnist_with_labels)
 from .toys import TOYS
 
 __all__ = ["DataError", "Dataset", "from_data_space", "load_dataset", "load_digits", "load_toy", "read_array",
            "to_data_space"]
 
 DIGITS_TRAIN = 1500
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian: apt-get install dataset-fashion-mnist
 
 
 @dataclass
@@ -41,8 +46,8 @@ class Dataset:
 
 
 def to_data_space(name: str, x: Tensor) -> Tensor:
-    """Undo the data layer's scaling: digits back to 0..16, image files to 0..255, toys and
-    array files as they are."""
+    """Undo the data layer's scaling: digits back to 0..16, image files (mnist, fashion_mnist,
+    cifar10, folders) to 0..255, toys and array files as they are."""
     if name == "digits":
         return (x + 1.0) * 8.0
     if name in TOYS or name == "file":
@@ -66,6 +71,9 @@ def read_array(path: str | Path, key: str | None = None, what: str = "array file
         raise DataError(f"{path}: {what} does not exist")
     import zipfile
 
+    from ..validate import check_array_file, check_float32_range
+
+    check_array_file(path, key)  # headers claiming more than the file or memory holds; complex dtypes
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
@@ -87,6 +95,7 @@ def read_array(path: str | Path, key: str | None = None, what: str = "array file
         raise DataError(f"{path}: expected a numeric array, found dtype {array.dtype}")
     if array.ndim not in (2, 4):
         raise DataError(f"{path}: expected shape (N, D) or (N, C, H, W), found {array.shape}")
+    check_float32_range(array, str(path))
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return check_finite(x, f"{path}")
 
@@ -154,7 +163,31 @@ def load_folder_dataset(cfg: DataConfig) -> Dataset:
     return Dataset(subset[:-n_test], subset[-n_test:], "image", "folder", stream=folder)
 
 
+def load_mnist_dataset(root: str, name: str = "mnist") -> Dataset:
+    """MNIST-format images with labels; the labels are None when the label files are absent."""
+    train, test = load_mnist(root, "train"), load_mnist(root, "test")
+    try:
+        labels = load_mnist_labels(root, "train"), load_mnist_labels(root, "test")
+    except MissingFileError:
+        return Dataset(train, test, "image", name)
+    return Dataset(train, test, "image", name, check_label_count(root, "train", train, labels[0]),
+                   check_label_count(root, "test", test, labels[1]))
+
+
+def load_fashion_mnist_dataset(root: str = "") -> Dataset:
+    """Fashion-MNIST, images and labels, from `root` (default FASHION_MNIST_ROOT)."""
+    root = root or FASHION_MNIST_ROOT
+    try:
+        (train, labels_train), (test, labels_test) = (load_mnist_with_labels(root, s) for s in ("train", "test"))
+    except MissingFileError as err:
+        raise DataError(f"Fashion-MNIST not found in {root}: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) "
+                        f"or set data.root to a folder with its IDX files ({err})") from None
+    return Dataset(train, test, "image", "fashion_mnist", labels_train, labels_test)
+
+
 def _load_files(cfg: DataConfig) -> Dataset:
+    if cfg.name == "fashion_mnist":
+        return load_fashion_mnist_dataset(cfg.root)
     if not cfg.root:
         raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder "
                         "(for data.name = 'file': the .npy/.npz file)")
@@ -163,7 +196,8 @@ def _load_files(cfg: DataConfig) -> Dataset:
     if cfg.name == "folder":
         return load_folder_dataset(cfg)
     if cfg.name == "mnist":
-        return Dataset(load_mnist(cfg.root, "train"), load_mnist(cfg.root, "test"), "image", "mnist")
+        return load_mnist_dataset(cfg.root)
     if cfg.name == "cifar10":
         return Dataset(load_cifar10(cfg.root, "train"), load_cifar10(cfg.root, "test"), "image", "cifar10")
-    raise DataError(f"data set {cfg.name!r} streams from a folder; in-memory loading supports digits, toys, mnist, cifar10")
+    raise DataError(f"data set {cfg.name!r} streams from a folder; in-memory loading supports digits, toys, mnist, "
+                    "fashion_mnist, cifar10")

@@ -56,7 +56,7 @@ from ..pipeline import build_process
 from ..training import TrainState, train, train_step, warmup_ema
 
 DATASETS = ("eight_gaussians", "digits")
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "presets"  # shipped in the package (configs/ links here)
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -96,10 +96,10 @@ def rising_spearman(ts: Sequence[float], values: Sequence[float], t_max: float =
 
 
 def preset(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> config_mod.Config:
-    """configs/<name>.toml with overrides; the presets live in the repository, not the wheel."""
+    """The preset <name>.toml (dmmd/presets, the same files as the checkout's configs/) with overrides."""
     path = Path(config_dir) / f"{name}.toml"
     if not path.is_file():
-        raise FileNotFoundError(f"preset {path} not found: run from a checkout of the repository")
+        raise FileNotFoundError(f"preset {path} not found")
     return config_mod.load(path, list(overrides))
 
 

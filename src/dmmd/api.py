@@ -1,0 +1,292 @@
+"""The Python API: a trained model as one object, and training that cannot overwrite a run.
+
+    import dmmd
+    pipe = dmmd.train("eight_gaussians", "runs/g8-api", overrides={"train.steps": 300})
+    x = pipe.sample(1000, nfe=20, seed=0)      # data space (digits 0..16, images 0..255, toys as drawn)
+    print(pipe.evaluate(x)["fd"])
+    pipe = dmmd.Pipeline.from_run("runs/g8-api")  # later, from the run folder (or a checkpoint file)
+
+`Pipeline.sample` does what `dmmd sample` does: the checkpoint's sampler settings, changed by
+`sampler=`, `nfe=` (dmmd.pipeline.settings_for_nfe) and `sample.*` keyword overrides; level
+statistics and replays that the checkpoint lacks are made in memory from the training data.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import config as config_mod
+from .config import Config, ConfigError, SampleConfig
+from .device import resolve_device, thread_guard
+
+Overrides = typing.Union[typing.Mapping[str, object], typing.Sequence[str]]
+
+
+def _override_list(overrides: Overrides | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, typing.Mapping):
+        return [f"{k}={_toml_text(v)}" for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides: expected a list of 'key=value' strings or a dict, got the string {overrides!r}")
+    return list(overrides)
+
+
+def _toml_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def load_config(config: Config | str | Path | None, overrides: Overrides | None = None) -> Config:
+    """A Config from a Config (copied), a preset name ('digits'), a TOML/JSON file, or None (defaults),
+    with `key=value` overrides applied and checked."""
+    from . import presets
+
+    items = _override_list(overrides)
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"overrides: expected key=value, got {item!r}")
+            config_mod.set_value(cfg, key.strip(), value.strip())
+        config_mod.validate(cfg)
+        return cfg
+    if isinstance(config, str) and not config.endswith((".toml", ".json")) and "/" not in config:
+        config = presets.path(config)
+    return config_mod.load(config, items)
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+class Trainer:
+    """Algorithm 1 (or the DDPM / flow-matching baseline) into a run folder, as `dmmd train` does.
+
+    config: a Config, a preset name, or a TOML/JSON file; overrides: {'train.steps': 300} or
+    ['train.steps=300']. A folder that already holds files is refused unless resume=True, which
+    continues the run from its latest checkpoint with the folder's own config.json (overrides may
+    change train.steps). device: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'
+    (default: train.device). progress: None shows a bar on a terminal and plain periodic lines
+    otherwise; False writes only RUN/log.txt."""
+
+    def __init__(self, config: Config | str | Path | None, out: str | Path, overrides: Overrides | None = None,
+                 resume: bool = False, device: str | None = None, progress: bool | None = None):
+        self.out, self.resume, self.progress = Path(out), resume, progress
+        stored = self.out / "config.json"
+        if resume and stored.is_file():
+            self.cfg = config_mod.load(stored, _override_list(overrides))
+        elif _has_files(self.out) and not resume:
+            raise ConfigError(f"{self.out} is not empty: pass resume=True to continue the run there, or choose "
+                              "another folder")
+        elif resume and _has_files(self.out):
+            raise ConfigError(f"{self.out} holds files but no config.json: it is not a dmmd run folder")
+        else:
+            self.cfg = load_config(config, overrides)
+        if device is not None:
+            config_mod.set_value(self.cfg, "train.device", device)
+            config_mod.validate(self.cfg)
+
+    def run(self) -> "Pipeline":
+        """Train to cfg.train.steps and return the final checkpoint as a Pipeline."""
+        from .data.datasets import load_dataset
+        from .training import train
+
+        data = load_dataset(self.cfg.data, self.cfg.seed)
+        echo = None if self.progress is False else (lambda text: print(text, file=sys.stderr, flush=True))
+        train(self.cfg, data.train, self.out, resume=self.resume and (self.out / "config.json").is_file(),
+              progress=self.progress is not False, echo=echo, stream=data.stream, val_data=data.test)
+        pipe = Pipeline.from_run(self.out, device=self.cfg.train.device)
+        pipe._data = data
+        return pipe
+
+
+def train(config: Config | str | Path | None, out: str | Path, overrides: Overrides | None = None,
+          resume: bool = False, device: str | None = None, progress: bool | None = None) -> "Pipeline":
+    """Trainer(config, out, ...).run(): train into `out` (refused when it holds files, unless
+    resume=True) and return the trained model as a Pipeline."""
+    return Trainer(config, out, overrides, resume=resume, device=device, progress=progress).run()
+
+
+class Pipeline:
+    """A trained model with its config and sampler statistics: sample, save images, evaluate."""
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, stats: dict, data_shape: tuple[int, ...],
+                 device: torch.device, source: Path | None = None):
+        self.cfg, self.model, self.stats = cfg, model, dict(stats)
+        self.data_shape, self.device, self.source = tuple(data_shape), device, source
+        self._data = None
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: str = "auto") -> "Pipeline":
+        """The EMA model of a run folder's latest checkpoint, or of a checkpoint file."""
+        from .pipeline import load_model
+
+        dev = resolve_device(device)
+        cfg, model, stats, payload = load_model(path, dev)
+        return cls(cfg, model, stats, tuple(payload["data_shape"]), dev, Path(path))
+
+    def __repr__(self) -> str:
+        return (f"Pipeline(method={self.cfg.method!r}, data={self.cfg.data.name!r}, shape={self.data_shape}, "
+                f"sampler={self.cfg.sample.sampler!r}, device={str(self.device)!r})")
+
+    @property
+    def data(self):
+        """The data set of the config (train and held-out split, model scale), loaded once."""
+        if self._data is None:
+            from .data.datasets import load_dataset
+
+            self._data = load_dataset(self.cfg.data, self.cfg.seed)
+        return self._data
+
+    def sample_config(self, nfe: int | None = None, sampler: str | None = None, **overrides) -> Config:
+        """The config `sample` uses: sampler, then nfe's settings, then sample.* overrides (keys
+        without the 'sample.' prefix, e.g. step_size=0.05), checked like `--set`."""
+        from .pipeline import settings_for_nfe
+
+        fields = {f.name for f in dataclasses.fields(SampleConfig)}
+        unknown = sorted(k for k in overrides if k not in fields)
+        if unknown:
+            raise ConfigError(f"unknown sample settings {unknown}; valid: {', '.join(sorted(fields))}")
+        cfg = copy.deepcopy(self.cfg)
+        if sampler is not None:
+            config_mod.set_value(cfg, "sample.sampler", sampler)
+        if nfe is not None:
+            if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+                raise ConfigError(f"nfe must be an integer >= 1, got {nfe!r}")
+            settings_for_nfe(cfg, nfe, keep=[f"sample.{k}" for k in overrides])
+        for key, value in overrides.items():
+            config_mod.set_value(cfg, f"sample.{key}", value if isinstance(value, str) else _toml_text(value))
+        config_mod.validate(cfg)
+        return cfg
+
+    def sample(self, n: int, nfe: int | None = None, seed: int = 0, sampler: str | None = None,
+               progress: bool = False, batch_size: int = 4096, **overrides) -> Tensor:
+        """n samples in data space, (n, *shape) on the CPU. Sample i depends only on (seed, i) for
+        the samplers that move particles independently (all but exact, a population)."""
+        from .data.datasets import to_data_space
+
+        cfg = self.sample_config(nfe, sampler, **overrides)
+        if n < (2 if cfg.sample.sampler == "exact" else 1) or batch_size < 1:
+            raise ConfigError(f"n must be >= {2 if cfg.sample.sampler == 'exact' else 1} (the exact sampler moves "
+                              f"a population) and batch_size >= 1; got n={n}, batch_size={batch_size}")
+        z = self._draw(cfg, n, seed, progress, batch_size)
+        return to_data_space(cfg.data.name, z)
+
+    def _draw(self, cfg: Config, n: int, seed: int, progress: bool, batch_size: int) -> Tensor:
+        """Model-space samples with cfg's sampler (making missing statistics in memory)."""
+        from tqdm.auto import tqdm
+
+        from .pipeline import build_process, calibrate, check_sampler, flow_settings, needs_calibration
+        from .pipeline import nfe as evaluations
+        from .pipeline import sample as draw
+
+        process = build_process(cfg.process)
+        reference = None
+        with thread_guard(cfg.train.threads):
+            if cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
+                train_rows = self.data.train
+                pick = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0))
+                reference = train_rows[pick[: cfg.sample.num_reference]].to(self.device)
+            if needs_calibration(self.model, cfg, self.stats):
+                settings = flow_settings(cfg.sample)
+                self.stats = calibrate(self.model, cfg, self.data.train.to(self.device), process, self.stats, settings)
+            check_sampler(self.model, cfg, self.stats, reference)
+            batch = n if cfg.sample.sampler == "exact" else batch_size
+            chunks = []
+            with tqdm(total=evaluations(cfg) * -(-n // batch), desc="sample", disable=not progress,
+                      dynamic_ncols=True) as bar:
+                for start in range(0, n, batch):
+                    chunks.append(draw(self.model, cfg, self.stats, process, self.data_shape, min(batch, n - start),
+                                       seed, reference, start=start, device=self.device, progress=bar).cpu())
+        return torch.cat(chunks)
+
+    def _model_scale(self, samples: Tensor) -> Tensor:
+        from .data.datasets import from_data_space
+
+        samples = torch.as_tensor(samples, dtype=torch.float32).cpu()
+        if tuple(samples.shape[1:]) != self.data_shape:
+            raise ConfigError(f"samples have shape {tuple(samples.shape[1:])} per item; this model's data has "
+                              f"{self.data_shape}")
+        return from_data_space(self.cfg.data.name, samples)
+
+    def save_images(self, samples: Tensor, folder: str | Path) -> list[Path]:
+        """One PNG per sample (000000.png, ...), 8-bit grey or RGB, for FID tools (clean-fid,
+        pytorch-fid, torch-fidelity read folders of images). Image data only."""
+        from .plotting import save_png_folder
+
+        if len(self.data_shape) != 3:
+            raise ConfigError(f"save_images needs image data; this model's data has shape {self.data_shape} "
+                              "(use save_picture for a scatter plot)")
+        return save_png_folder(folder, self._model_scale(samples).numpy())
+
+    def save_picture(self, samples: Tensor, path: str | Path, title: str = "") -> Path:
+        """An image grid of at most 100 samples, or a scatter plot over held-out data (pairwise
+        panels for more than 2 dimensions)."""
+        from .plotting import save_samples_picture
+
+        z = self._model_scale(samples).numpy()
+        kind = "image" if len(self.data_shape) == 3 else "points"
+        reference = self.data.test.numpy() if kind == "points" else None
+        save_samples_picture(path, z, kind, reference, title=title or f"{self.cfg.method}, {len(z)} samples")
+        return Path(path)
+
+    def evaluate(self, samples: Tensor, metrics: typing.Sequence[str] | None = None) -> dict:
+        """Diversity and distribution metrics of data-space samples against the held-out split
+        (dmmd.report.evaluate_samples; the same report as `dmmd evaluate`)."""
+        from .report import METRICS, evaluate_samples
+
+        metrics = tuple(metrics or METRICS)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
+        z = self._model_scale(samples)
+        if len(z) < 2:
+            raise ConfigError(f"evaluate needs at least 2 samples, got {len(z)}")
+        return evaluate_samples(z, self.data, metrics)
+
+
+def sample_folder_name(cfg: Config, seed: int, num_samples: int) -> str:
+    """samples-<sampler>-nfe<N>-seed<S>-<hash>: the hash (6 hex digits) covers every sample.*
+    setting and the sample count, so runs with other settings never share a folder."""
+    import hashlib
+    import json
+
+    from .pipeline import nfe
+
+    settings = json.dumps({"sample": dataclasses.asdict(cfg.sample), "num_samples": num_samples}, sort_keys=True)
+    digest = hashlib.sha1(settings.encode()).hexdigest()[:6]
+    return f"samples-{cfg.sample.sampler}-nfe{nfe(cfg)}-seed{seed}-{digest}"
+
+
+def preview_samples(model: torch.nn.Module, cfg: Config, data: Tensor, shape: tuple[int, ...], num: int = 16,
+                    seed: int = 0) -> Tensor:
+    """A few model-space samples from a model in training (TensorBoard grids at checkpoints):
+    DMMD's linear kernel samples with the exact flow on level statistics of up to 512 data rows
+    (no replay needed); other methods and kernels with their own sampler."""
+    from .pipeline import build_process, level_statistics, flow_settings
+    from .pipeline import sample as draw
+
+    cfg = copy.deepcopy(cfg)
+    process = build_process(cfg.process)
+    rows = data[:512]
+    stats, reference = {}, None
+    kernel = getattr(model, "kernel_name", None)
+    if cfg.method == "dmmd" and getattr(model, "objective", "mmd") == "mmd":
+        cfg.sample.sampler = "exact"
+        if kernel == "linear":
+            stats = level_statistics(model, rows, process, flow_settings(cfg.sample), cfg.seed)
+        else:
+            reference = rows
+    return draw(model, cfg, stats, process, shape, num, seed, reference, device=rows.device)

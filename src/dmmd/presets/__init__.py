@@ -1,0 +1,33 @@
+"""The presets: TOML configs shipped inside the package (the repository's configs/ links here).
+
+`dmmd train --preset NAME` (and compare) load `NAME.toml` from this folder, so presets work after
+`pip install` outside a checkout. `dmmd presets` lists them with the first comment line of each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in FOLDER.glob("*.toml"))
+
+
+def path(name: str) -> Path:
+    """The file of preset `name` (a ConfigError naming the presets when there is none)."""
+    from ..config import ConfigError
+
+    file = FOLDER / f"{name}.toml"
+    if not name or "/" in name or not file.is_file():
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(names())} (or pass --config FILE)")
+    return file
+
+
+def summary(name: str) -> str:
+    """The first comment line of the preset's file, without the '#'."""
+    for line in path(name).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""

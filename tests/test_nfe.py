@@ -1,0 +1,71 @@
+"""--nfe for every method: the DMMD split and step-size rule, evaluation counts, x0 clipping by data."""
+
+import pytest
+
+from dmmd import config
+from dmmd.pipeline import clip_range, dmmd_split, nfe, settings_for_nfe
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 20, 30, 50, 100, 250])
+def test_dmmd_rule_spends_the_nfe_and_scales_the_step(n):
+    cfg = config.load(None, ["sample.num_levels=10", "sample.steps_per_level=10", "sample.step_size=0.2",
+                             "sample.step_size_power=0.7"])
+    settings_for_nfe(cfg, n)
+    s = cfg.sample
+    assert s.num_levels * s.steps_per_level == n == nfe(cfg)
+    assert (s.num_levels, s.steps_per_level) == dmmd_split(n)
+    # eta N_s^0.7 is invariant: from (0.2, 10) to (eta, N_s)
+    assert s.step_size * s.steps_per_level ** 0.7 == pytest.approx(0.2 * 10 ** 0.7, rel=1e-12)
+
+
+def test_dmmd_rule_travel_matches_the_measured_tuning():
+    """Per-NFE tuning on digits chose travel eta N_s of 1, 1.5 and 2 at N_s = 1, 5, 10 (docs/compare.md)."""
+    for n, travel in ((10, 1.0), (50, 1.5), (100, 2.0)):
+        cfg = config.load(None, ["sample.step_size=0.2", "sample.steps_per_level=10"])
+        settings_for_nfe(cfg, n)
+        assert cfg.sample.step_size * cfg.sample.steps_per_level == pytest.approx(travel, rel=0.1)
+
+
+def test_rule_keeps_keys_the_user_set():
+    cfg = config.load(None, ["sample.step_size=0.05"])
+    settings_for_nfe(cfg, 20, keep={"sample.step_size"})
+    assert cfg.sample.step_size == 0.05 and cfg.sample.num_levels * cfg.sample.steps_per_level == 20
+    cfg = config.load(None, ["sample.num_levels=4"])
+    settings_for_nfe(cfg, 20, keep={"sample.num_levels"})
+    assert (cfg.sample.num_levels, cfg.sample.steps_per_level) == (4, 5)
+
+
+@pytest.mark.parametrize("method, sampler, n, used", [("ddpm", "ddpm", 10, 10), ("ddpm", "ddim", 7, 7),
+                                                      ("fm", "euler", 9, 9), ("fm", "heun", 10, 9),
+                                                      ("fm", "heun", 9, 9), ("fm", "heun", 1, 1)])
+def test_baselines_take_nfe_as_steps(method, sampler, n, used):
+    cfg = config.load(None, [f"method={method}", f"sample.sampler={sampler}"])
+    settings_for_nfe(cfg, n)
+    assert cfg.sample.num_steps == n and nfe(cfg) == used
+
+
+@pytest.mark.parametrize("name, mode, expected", [("digits", "auto", 1.0), ("fashion_mnist", "auto", 1.0),
+                                                  ("eight_gaussians", "auto", None), ("file", "auto", None),
+                                                  ("file", "on", 1.0), ("digits", "off", None)])
+def test_clip_follows_the_data_range(name, mode, expected):
+    cfg = config.load(None, ["method=ddpm", f"data.name={name}", f"sample.clip_x0={mode}"])
+    assert clip_range(cfg) == expected
+
+
+def test_method_picks_its_sampler_and_kale_its_flow_defaults(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[sample]\nsampler = "approx"\n')
+    assert config.load(preset, ["method=fm"]).sample.sampler == "euler"
+    assert config.load(preset, ["method=ddpm"]).sample.sampler == "ddpm"
+    with pytest.raises(config.ConfigError, match="samples with"):
+        config.load(None, ["method=fm", "sample.sampler=approx"])
+    kale = config.load(None, ["model.objective=kale"])
+    assert (kale.sample.sampler, kale.sample.step_size, kale.sample.inject, kale.sample.renoise) == ("kale", 0.02, 0.3, 0.3)
+    assert config.load(None, ["model.objective=kale", "sample.step_size=0.01"]).sample.step_size == 0.01
+    # a DMMD preset's flow settings give way to KALE's; a KALE preset's own settings are kept
+    mmd_preset = tmp_path / "mmd.toml"
+    mmd_preset.write_text('[sample]\nstep_size = 0.1\ninject = 0.0\n')
+    assert config.load(mmd_preset, ["model.objective=kale"]).sample.step_size == 0.02
+    kale_preset = tmp_path / "kale.toml"
+    kale_preset.write_text('[model]\nobjective = "kale"\n[sample]\nsampler = "kale"\nstep_size = 0.01\n')
+    assert config.load(kale_preset).sample.step_size == 0.01

@@ -1,0 +1,133 @@
+"""Every fenced snippet in README.md and docs/*.md runs as written, with small step counts.
+
+A document's snippets run in order in one fresh folder (later ones use the runs of earlier ones):
+```python blocks as a script in a new interpreter, and the `dmmd ...` lines of other blocks
+through the CLI with small sizes (`train.steps` numbers are lowered to SMALL_STEPS, and a few
+options get small values). Lines that need what a test machine does not have are skipped with the
+reason in SKIP; blocks without a command line (formulas) are not commands.
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmmd.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SMALL_STEPS = 20
+COMMANDS = ("dmmd ", "make ", "torchrun ", "python ")
+
+SKIP = {  # pattern in the line -> why it is not run here
+    r"^make ": "make sets up .venv and runs the demo or this suite itself",
+    r"^torchrun ": "several processes: tests/test_distributed.py covers data-parallel training",
+    r"data\.root=/data/": "needs a local copy of an image data set",
+    r"--inception-weights": "needs the Inception weights file (docs/metrics.md; nothing is downloaded)",
+    r"\b(RUN|PATH|HOST0)\b|\.\.\.": "a placeholder, not a command",
+    r"train\.device=cuda": "needs a CUDA device",
+}
+
+# small sizes appended to a subcommand (argparse keeps the last value of an option)
+SMALL = {
+    "sample": ["--num-samples", "100"],
+    "compare": ["--budget", "1", "--nfe", "10", "--num-samples", "20", "--points", "1", "--methods", "dmmd"],
+}
+SMALL_SAMPLE_SETTINGS = ["--set", "sample.replay_particles=200"]  # train and calibrate: a small replay
+
+
+def small_steps(text: str) -> str:
+    """train.steps=N, "train.steps": N and train.steps = N lowered to SMALL_STEPS (N > SMALL_STEPS)."""
+    def lower(m):
+        return m.group(1) + str(min(int(m.group(2)), SMALL_STEPS))
+
+    return re.sub(r"(train\.steps[\"']?\s*[=:]\s*)(\d+)", lower, text)
+
+
+def blocks(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, language, text) of each fenced block."""
+    out, lines, i = [], path.read_text().splitlines(), 0
+    while i < len(lines):
+        m = re.match(r"^```(\w*)\s*$", lines[i])
+        if m:
+            start, body = i + 1, []
+            i += 1
+            while i < len(lines) and not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            out.append((start, m.group(1), "\n".join(body)))
+        i += 1
+    return out
+
+
+def command_lines(text: str) -> list[str]:
+    """Commands of a shell block: continuation lines joined, comments (#) dropped."""
+    joined = re.sub(r"\s*\\\n\s*", " ", text)
+    commands = []
+    for line in joined.splitlines():
+        line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if line.startswith(COMMANDS):
+            commands.append(line)
+    return commands
+
+
+def skip_reason(line: str) -> str | None:
+    return next((why for pattern, why in SKIP.items() if re.search(pattern, line)), None)
+
+
+def test_snippet_parsing():
+    text = "dmmd train --set train.steps=3000 \\\n    --out r   # comment\n# a note\nf(z) = c\nmake test"
+    assert command_lines(text) == ["dmmd train --set train.steps=3000 --out r", "make test"]
+    assert small_steps('x = {"train.steps": 500}; --set train.steps=3000; steps = 7; train.steps=5') == \
+        'x = {"train.steps": 20}; --set train.steps=20; steps = 7; train.steps=5'
+    assert skip_reason("make demo") and skip_reason("dmmd evaluate --samples RUN/x.npz") and \
+        not skip_reason("dmmd train --preset digits")
+
+
+def _run_dmmd(line: str) -> None:
+    argv = shlex.split(small_steps(line))[1:]
+    command = argv[0]
+    if command in ("train", "calibrate") and "--dry-run" not in argv:
+        argv += SMALL_SAMPLE_SETTINGS
+    argv += SMALL.get(command, [])
+    if command in ("train", "sample", "calibrate", "compare"):
+        argv.append("--no-progress")
+    assert main(argv) == 0, f"failed as written: {line}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", DOCS, ids=[str(p.relative_to(ROOT)) for p in DOCS])
+def test_snippets_of_a_document_run(doc, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")  # snippets that name configs/ files
+    # the README's own-data line: an (N, 3) array "x"
+    np.savez(tmp_path / "my_vectors.npz", x=np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
+    ran, skipped = 0, []
+    for line_no, language, text in blocks(doc):
+        where = f"{doc.name}:{line_no}"
+        if language == "python":
+            script = tmp_path / f"snippet_{line_no}.py"
+            script.write_text(small_steps(text))
+            done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, f"{where} failed as written:\n{done.stderr[-3000:]}"
+            ran += 1
+            continue
+        for line in command_lines(text):
+            reason = skip_reason(line)
+            if reason:
+                skipped.append(f"{where}: {line[:60]} ({reason})")
+            elif line.startswith("dmmd "):
+                _run_dmmd(line)
+                ran += 1
+            else:
+                skipped.append(f"{where}: {line[:60]} (not a dmmd command)")
+    with capsys.disabled():
+        for entry in skipped:
+            print(f"\n  skipped {entry}", end="")
+    if not ran:
+        pytest.skip(f"no runnable snippet in {doc.name}")
