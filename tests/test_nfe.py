@@ -6,30 +6,35 @@ from dmmd import config
 from dmmd.pipeline import clip_range, dmmd_split, nfe, settings_for_nfe
 
 
-@pytest.mark.parametrize("n", [1, 3, 7, 10, 20, 30, 50, 100, 250])
-def test_dmmd_rule_spends_the_nfe_and_scales_the_step(n):
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 20, 30, 37, 50, 100, 250])
+def test_dmmd_rule_spends_the_nfe_and_scales_step_and_renoise(n):
     cfg = config.load(None, ["sample.num_levels=10", "sample.steps_per_level=10", "sample.step_size=0.2",
-                             "sample.step_size_power=0.7"])
+                             "sample.step_size_power=0.7", "sample.renoise=0.3"])
     settings_for_nfe(cfg, n)
     s = cfg.sample
     assert s.num_levels * s.steps_per_level == n == nfe(cfg)
     assert (s.num_levels, s.steps_per_level) == dmmd_split(n)
-    # eta N_s^0.7 is invariant: from (0.2, 10) to (eta, N_s)
-    assert s.step_size * s.steps_per_level ** 0.7 == pytest.approx(0.2 * 10 ** 0.7, rel=1e-12)
+    assert (s.num_levels, s.steps_per_level) == ((n, 1) if n <= 20 or n % 10 else (10, n // 10))
+    # eta N_s^0.7 T and the re-noise variance per level times T are invariant
+    assert s.step_size * s.steps_per_level ** 0.7 * s.num_levels == pytest.approx(0.2 * 10 ** 0.7 * 10, rel=1e-12)
+    assert s.renoise ** 2 * s.num_levels == pytest.approx(0.3 ** 2 * 10, rel=1e-12)
 
 
-def test_dmmd_rule_travel_matches_the_measured_tuning():
-    """Per-NFE tuning on digits chose travel eta N_s of 1, 1.5 and 2 at N_s = 1, 5, 10 (docs/compare.md)."""
-    for n, travel in ((10, 1.0), (50, 1.5), (100, 2.0)):
-        cfg = config.load(None, ["sample.step_size=0.2", "sample.steps_per_level=10"])
+def test_dmmd_rule_reproduces_the_measured_tuning():
+    """Per-NFE tuning on digits (benchmarks/results/nfe_rule.json) chose eta = 1 at 10 x 1, 0.5 at
+    20 x 1 and 0.3 at 10 x 5; 0.2-0.3 at 10 x 10."""
+    for n, split, eta in ((10, (10, 1), 1.0), (20, (20, 1), 0.5), (50, (10, 5), 0.3), (100, (10, 10), 0.2)):
+        cfg = config.load(None, ["sample.step_size=0.2", "sample.steps_per_level=10", "sample.num_levels=10"])
         settings_for_nfe(cfg, n)
-        assert cfg.sample.step_size * cfg.sample.steps_per_level == pytest.approx(travel, rel=0.1)
+        assert (cfg.sample.num_levels, cfg.sample.steps_per_level) == split
+        assert cfg.sample.step_size == pytest.approx(eta, rel=0.1)
 
 
 def test_rule_keeps_keys_the_user_set():
-    cfg = config.load(None, ["sample.step_size=0.05"])
-    settings_for_nfe(cfg, 20, keep={"sample.step_size"})
-    assert cfg.sample.step_size == 0.05 and cfg.sample.num_levels * cfg.sample.steps_per_level == 20
+    cfg = config.load(None, ["sample.step_size=0.05", "sample.renoise=0.2"])
+    settings_for_nfe(cfg, 20, keep={"sample.step_size", "sample.renoise"})
+    assert (cfg.sample.step_size, cfg.sample.renoise) == (0.05, 0.2)
+    assert cfg.sample.num_levels * cfg.sample.steps_per_level == 20
     cfg = config.load(None, ["sample.num_levels=4"])
     settings_for_nfe(cfg, 20, keep={"sample.num_levels"})
     assert (cfg.sample.num_levels, cfg.sample.steps_per_level) == (4, 5)

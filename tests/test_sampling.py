@@ -192,13 +192,13 @@ def test_kernel_step_size_applies_to_nonlinear_exact_sampler():
 # ------------------------------------------------------------------ batched per-particle noise
 
 
-@pytest.mark.parametrize("shape,process", [((3,), VPProcess()), ((1, 12, 12), VPProcess()), ((2, 6, 6), BlurProcess())])
+@pytest.mark.parametrize("shape,process", [((3,), VPProcess()), ((1, 20, 20), VPProcess()), ((3, 32, 32), BlurProcess())])
 def test_particle_noise_unaligned_batches_match_one_batch(shape, process):
     """Sample i's prior and its later draws are the same numbers whatever batch holds it: unaligned
     starts, batches inside one block, and batches crossing several block boundaries."""
     from dmmd.sampling import block_rows
 
-    rows = block_rows(shape)
+    rows = block_rows(shape)  # 256, 128 and 16 rows
     total = 3 * rows + 17
     full = ParticleNoise(5, total, shape)
     ref = [full.prior(process), full.draw(), full.draw()]

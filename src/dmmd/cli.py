@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernel), kale (ascend the KALE critic); DDPM baseline: ddpm (ancestral) or ddim; flow "
                         "matching: euler or heun (default: the checkpoint's sample.sampler)")
     s.add_argument("--nfe", type=int, metavar="N", help="network evaluations (sampling steps) for any method. "
-                   "DMMD: N picks T x N_s (10 levels of N/10 steps when N is a multiple of 10, else N levels "
-                   "of one) and a step size that keeps eta x N_s as configured; DDPM/flow matching: "
+                   "DMMD: N picks T x N_s (N levels of one step up to 20, else 10 levels of N/10 steps) and "
+                   "scales the step size and re-noise by a measured rule (docs/sampling.md); DDPM/flow matching: "
                    "sample.num_steps = N. --set sample.* keys still override. Default: the checkpoint's settings")
     s.add_argument("--num-samples", type=int, default=100, help="number of samples (default 100)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed; sample i depends only on (seed, i) for the "
@@ -442,13 +442,19 @@ def cmd_calibrate(args) -> int:
     from . import statsfile
     from .data.datasets import load_dataset
     from .pipeline import build_process, calibrate, flow_settings, load_model
-    from .runfolder import check_output_dir, enter, hold
+    from .runfolder import check_output_dir, enter, hold, remove_stale_temps
 
     path = ckpt.resolve(args.checkpoint)
     check_output_dir(statsfile.stats_path(path).parent, "statistics folder")
     # the run folder's lock: no training step or other calibrate can change this checkpoint meanwhile
     enter(hold(statsfile.lock_folder(path), "dmmd calibrate"))
+    remove_stale_temps(statsfile.stats_path(path).parent, subfolders=("",))  # left by a killed calibrate
     cfg, disc, stats, payload = load_model(path)
+    if cfg.method != "dmmd":
+        from .config import ConfigError
+
+        raise ConfigError(f"calibrate makes the statistics of DMMD's samplers; {path} was trained with method = "
+                          f"{cfg.method!r}, whose samplers need none")
     cfg = _sample_config(args, cfg)
     data = load_dataset(cfg.data, cfg.seed)
     if cfg.model.latent:  # a latent model calibrates on the encoded data

@@ -119,7 +119,7 @@ class SampleConfig:
     replay_particles: int = 2000  # population of the exact run that reading (c) replays
     num_steps: int = 100  # ddpm/ddim/euler/heun: network evaluations (NFE; heun takes (NFE + 1) // 2 steps)
     ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
-    step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power, N_s the new steps per level
+    step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power (num_levels / T) for the new T x N_s
     clip_x0: str = "auto"  # ddpm/ddim: clip the predicted clean sample to [-1, 1] (diffusers' clip_sample): auto = on for image data | on | off
 
 

@@ -163,6 +163,8 @@ def encode_dataset(data: Dataset, ae: Autoencoder, data_cfg: DataConfig | None =
         except (ckpt.CheckpointError, KeyError):
             pass  # unreadable: encode again
     total = (len(data.stream) if data.stream is not None else len(data.train)) + len(data.test)
+    print(f"note: encoding {total} images with the autoencoder" + (f" (cached in {path})" if path else ""),
+          file=sys.stderr)
     with tqdm(total=total, desc="encode", disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True) as bar:
         if data.stream is not None:
             train = torch.cat([encode(x, ae, bar) for x in _stream_images(data.stream)])

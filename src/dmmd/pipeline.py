@@ -8,6 +8,7 @@ run of a large population (mean-field replay), tagged with the sampler settings 
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import replace
 
@@ -115,21 +116,26 @@ def nfe(cfg: Config) -> int:
 
 
 def dmmd_split(nfe: int) -> tuple[int, int]:
-    """T x N_s for an NFE budget: the paper's T = 10 levels when NFE is a multiple of 10 (N_s =
-    NFE / 10), else NFE levels of one step."""
-    return (10, nfe // 10) if nfe >= 10 and nfe % 10 == 0 else (nfe, 1)
+    """T x N_s for an NFE budget: one step per level up to 20 levels, then the paper's T = 10
+    levels of NFE / 10 steps (NFE levels of one step when NFE is not a multiple of 10). Measured on
+    digits (benchmarks/nfe_rule.py): at NFE 20, 20 x 1 beat 10 x 2 at every step size tried."""
+    if nfe <= 20 or nfe % 10:
+        return nfe, 1
+    return 10, nfe // 10
 
 
 def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -> None:
     """Set cfg.sample for a budget of nfe network evaluations, in place; keys in `keep` (e.g.
     'sample.step_size' given with --set) are left as they are.
 
-    DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split`, and the step
-    size eta = step_size (steps_per_level / N_s)^p from the configured pair (p =
-    sample.step_size_power). A fixed eta fails at small NFE (digits: FD 481 at NFE 10 with the
-    preset's 0.1): the distance travelled per level, eta N_s, must stay near 1-2. Per-NFE tuning on
-    digits (docs/compare.md) chose eta N_s = 1, 1.5 and 2 at N_s = 1, 5 and 10: travel growing as
-    N_s^0.3, i.e. p = 0.7 (benchmarks/nfe_rule.py checks the rule against per-NFE tuning)."""
+    DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split`, and from the
+    configured (T0, N0, eta0, c_re0):
+        eta  = eta0 (N0 / N_s)^p (T0 / T)      p = sample.step_size_power (0.7)
+        c_re = c_re0 sqrt(T0 / T)
+    so that the distance travelled per unit of t grows as N_s^(1 - p) and the re-noise variance per
+    unit of t stays put. A fixed eta fails at small NFE (digits: FD 481 at NFE 10 with eta 0.1 at
+    10 x 1): per-NFE tuning on digits chose eta N_s = 1, 1.5 and 2-3 at N_s = 1, 5 and 10 over
+    10 levels (benchmarks/results/nfe_rule.json), i.e. p of about 0.7."""
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     s = cfg.sample
@@ -137,14 +143,16 @@ def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -
         if "sample.num_steps" not in keep:
             s.num_steps = nfe
         return
-    eta, steps_before = s.step_size, s.steps_per_level
+    eta, levels_before, steps_before = s.step_size, s.num_levels, s.steps_per_level
     levels, steps = dmmd_split(nfe)
     if "sample.num_levels" not in keep:
         s.num_levels = levels
     if "sample.steps_per_level" not in keep:
         s.steps_per_level = steps if "sample.num_levels" not in keep else max(1, nfe // s.num_levels)
     if "sample.step_size" not in keep:
-        s.step_size = eta * (steps_before / s.steps_per_level) ** s.step_size_power
+        s.step_size = eta * (steps_before / s.steps_per_level) ** s.step_size_power * levels_before / s.num_levels
+    if "sample.renoise" not in keep:
+        s.renoise = s.renoise * math.sqrt(levels_before / s.num_levels)
 
 
 def needs_calibration(disc: Discriminator, cfg: Config, stats: dict) -> bool:

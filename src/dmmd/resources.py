@@ -103,10 +103,10 @@ def check_training(cfg, shape: tuple[int, ...], device="cpu") -> None:
     t = cfg.train
     per_item = activations_per_item(cfg, shape)
     rows = 2 * t.batch_size * t.num_levels if cfg.method == "dmmd" else t.batch_size
+    levels = f" x train.num_levels = {t.num_levels}" if cfg.method == "dmmd" else ""
     terms = {
         f"{params} parameters with their average, gradient and Adam moments": 5 * params * FLOAT,
-        f"a step of train.batch_size = {t.batch_size}" + (f" x train.num_levels = {t.num_levels}" if cfg.method == "dmmd"
-                                                         else ""): rows * per_item * FLOAT,
+        f"a step of train.batch_size = {t.batch_size}{levels}": rows * per_item * FLOAT,
     }
     if cfg.method == "dmmd" and cfg.model.kernel == "linear" and cfg.model.objective == "mmd":
         s = cfg.sample

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ from pathlib import Path
 
 LOCK_NAME = ".lock"
 TEMP_SUFFIX = ".tmp"  # every temporary file or folder dmmd makes is named .<name>.<random>.tmp
+TEMP_PATTERN = ".*." + "?" * 8 + TEMP_SUFFIX  # tempfile's random part is 8 characters
 TEMP_MARGIN = 16  # bytes a temporary name adds to a destination's name (".", ".XXXXXXXX", ".tmp")
 SAMPLE_FILES = ("samples.npz", "samples.png", "diversity.json")
 # keys a resumed run may change: the length of the run, its bookkeeping, where it runs, the rate
@@ -42,11 +44,11 @@ class RunFolderError(ValueError):
     """An output that cannot be written now: a folder in use, a path of the wrong kind, a full disk."""
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT ended a command cleanly; `code` is the exit status (128 + signal number).
 
-    A BaseException like KeyboardInterrupt, so that `except Exception` does not swallow it and
-    atomic writes on its way remove their temporary files."""
+    A KeyboardInterrupt, so that `except Exception` does not swallow it, atomic writes on its way
+    remove their temporary files, and notebooks and callers treat it as Ctrl-C."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -231,21 +233,27 @@ def check_output_file(path: str | Path, what: str = "--out") -> None:
     _check_writable(parent, what, path)
 
 
-def remove_stale_temps(folder: str | Path, pattern: str = ".*" + TEMP_SUFFIX,
+def remove_stale_temps(folder: str | Path,
                        subfolders: tuple[str, ...] = ("", "checkpoints", "checkpoints/stats")) -> list[Path]:
-    """Remove temporary files and folders a killed process left; call only while holding the lock."""
+    """Remove the temporary files (.<name>.<8 random>.tmp) that writers of a run folder killed
+    during a write left; call only while holding the folder's lock. Folders are left alone: a
+    sample writing into RUN/samples-... stages in one, under its own lock."""
     removed = []
     for sub in subfolders:
         base = Path(folder, sub)
-        if not base.is_dir():
-            continue
-        for stale in base.glob(pattern):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-            removed.append(stale)
+        if base.is_dir():
+            for stale in base.glob(TEMP_PATTERN):
+                if not stale.is_dir():
+                    stale.unlink(missing_ok=True)
+                    removed.append(stale)
     return removed
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders of `out` left by a killed sample; call only while holding out's lock."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.{'?' * 8}{TEMP_SUFFIX}"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def current_umask() -> int:
@@ -291,7 +299,7 @@ class _Unit:
         with self.stack:
             lock = f".{out.name}.lock"
             self.stack.enter_context(hold(out.parent, self.command, lock_name=lock))
-            remove_stale_temps(out.parent, pattern=f".{glob_escape(out.name)}.*{TEMP_SUFFIX}", subfolders=("",))
+            _remove_stale_staging(out)
             _check_replaceable(out, self.replaceable)  # again, under the lock
             self.staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TEMP_SUFFIX, dir=out.parent))
             self.stack = self.stack.pop_all()
@@ -301,12 +309,6 @@ class _Unit:
         with self.stack:
             if self.staging is not None and self.staging.exists():
                 shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def _check_replaceable(out: Path, replaceable: tuple[str, ...]) -> None:
@@ -328,9 +330,9 @@ def claim_output(out: str | Path, command: str, replaceable: tuple[str, ...] = S
     temporary folder and leaves `out` as it was. An existing `out` may hold only `replaceable`
     files (an earlier output, replaced as a whole)."""
     out = Path(out)
-    if out.is_symlink() and out.is_dir():
-        out = out.resolve()
     check_output_dir(out)
+    if out.is_symlink():  # a link to a folder: the folder is what gets replaced
+        out = out.resolve()
     _check_replaceable(out, replaceable)
     unit = _Unit(out, command, replaceable)
     staging = enter(unit)

@@ -111,8 +111,8 @@ def check_payload(payload: dict, path) -> None:
     for key in ("model", "ema"):
         _tensor_dict(payload, key, path)
     opt = payload.get("optimizer")
-    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list) \
-            or not all(isinstance(g, dict) for g in opt["param_groups"]):
+    if (not isinstance(opt, dict) or not isinstance(opt.get("state"), dict)
+            or not isinstance(opt.get("param_groups"), list) or not all(isinstance(g, dict) for g in opt["param_groups"])):
         raise _fail(path, f"field 'optimizer' must be an optimizer state dict, found {_kind(opt)}")
     rng = payload.get("rng")
     if not isinstance(rng, dict) or not isinstance(rng.get("train"), torch.Tensor) or rng["train"].dtype != torch.uint8:
@@ -246,6 +246,8 @@ def check_array_file(path: str | Path, key: str | None = None) -> None:
                     shape, dtype = _header(fh, f"{path} (array {name!r})")
                     header_bytes = fh.tell()
                 _check_header(shape, dtype, info.file_size - header_bytes, f"{path} (array {name!r})")
+    except DataError:
+        raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
         raise DataError(f"{path}: not a readable .npz file ({' '.join(str(err).split())[:100]})") from None
 
