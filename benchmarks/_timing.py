@@ -44,12 +44,14 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup:
                 min_time: float = 0.05, wall: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """CPU seconds per call of every variant, one list entry per round, variants timed round-robin.
 
-    Each variant is warmed up (allocator, lazy init, caches) with max(1, warmup) calls; the last
-    one sets how many calls a measurement takes (at least min_time CPU seconds). wall, when given,
-    receives the wall-clock seconds of the same measurements."""
+    Each variant is warmed up (allocator, lazy init, caches) with `warmup` calls; the last one
+    sets how many calls a measurement takes (at least min_time CPU seconds). warmup = 0: no
+    warm-up, one call per measurement (calls of many seconds). wall, when given, receives the
+    wall-clock seconds of the same measurements."""
     inner = {}
     for name, fn in variants.items():
-        for _ in range(max(1, warmup)):
+        single = math.inf
+        for _ in range(warmup):
             single, _ = _once(fn, 1)
         inner[name] = max(1, math.ceil(min_time / max(single, 1e-7)))
     names = list(variants)

@@ -195,3 +195,22 @@ def test_thread_guard_avoids_spinning_threads_when_torch_came_first():
     assert "OMP_WAIT_POLICY" not in first.stderr
     pinned = run("import torch\nimport dmmd\n", {"OMP_WAIT_POLICY": "PASSIVE"})
     assert pinned.stdout.split() == ["False", "2", "2", "2", "2"], pinned.stderr
+
+
+@pytest.mark.parametrize("method, kernel", [("dmmd", "linear"), ("dmmd", "rbf"), ("ddpm", "linear"),
+                                            ("fm", "linear")])
+def test_preview_samples_of_a_model_in_training(method, kernel):
+    """The TensorBoard grid's samples: any method, no stored statistics needed."""
+    from dmmd import config
+    from dmmd.api import preview_samples
+    from dmmd.pipeline import build_model
+
+    cfg = config.load(None, [f"method={method}", f"model.kernel={kernel}", "model.width=8", "model.depth=1",
+                             "model.feature_dim=4", "model.time_dim=4", "sample.num_levels=2",
+                             "sample.steps_per_level=1", "sample.num_steps=2",
+                             *(["sample.sampler=exact"] if kernel != "linear" else [])])
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 4, 4))
+    data = torch.rand(40, 1, 4, 4) * 2 - 1
+    z = preview_samples(model, cfg, data, (1, 4, 4), num=5)
+    assert z.shape == (5, 1, 4, 4) and torch.isfinite(z).all()

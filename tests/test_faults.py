@@ -328,12 +328,15 @@ def _cases() -> list[Case]:
         cases += [
             Case("checkpoints", f"{name} / sample", ["sample", "--checkpoint", ck, "--num-samples", "4"], expect),
             Case("checkpoints", f"{name} / calibrate", ["calibrate", "--checkpoint", ck], expect),
-            Case("checkpoints", f"{name} / evaluate", ["evaluate", "--samples", "{root}/samples.npz",
-                                                       "--checkpoint", ck, "--metrics", "mmd"], expect),
             Case("checkpoints", f"{name} / resume", ["train", "--resume", f"{{root}}/resume/m{i:02d}"],
                  expect if not name.startswith(("data_shape other", "data_shape large", "method ddpm"))
                  else "shape|stats|weights|match|method"),
         ]
+    for i in range(0, len(mutations), 8):  # evaluate reads checkpoints through the same loader as sample
+        name, expect = mutations[i]
+        cases.append(Case("checkpoints", f"{name} / evaluate", ["evaluate", "--samples", "{root}/samples.npz",
+                                                                "--checkpoint", f"{{root}}/ckpt/m{i:02d}.pt",
+                                                                "--metrics", "mmd"], expect))
     for i, (name, (_, expect)) in enumerate(LATEST_JUNK.items()):
         folder = f"{{root}}/latest/l{i:02d}"
         cases += [

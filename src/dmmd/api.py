@@ -85,6 +85,8 @@ class Trainer:
                  resume: bool = False, device: str | None = None, progress: bool | None = None):
         self.out, self.resume, self.progress = Path(out), resume, progress
         stored = self.out / "config.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"{self.out} is a file: the run folder must be a folder")
         if resume and stored.is_file():
             self.cfg = config_mod.load(stored, _override_list(overrides))
         elif _has_files(self.out) and not resume:
@@ -194,7 +196,7 @@ class Pipeline:
 
         process = build_process(cfg.process)
         reference = None
-        with thread_guard(cfg.train.threads):
+        with thread_guard(0):  # torch's threads, or one when they would spin (torch imported first)
             if cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
                 train_rows = self.data.train
                 pick = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0))
