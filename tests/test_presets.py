@@ -91,3 +91,17 @@ def test_sample_folders_of_other_settings_do_not_overwrite(tmp_path):
     folders = sorted(p.name for p in run.glob("samples-*"))
     assert len(folders) == 3 and all(f.startswith("samples-approx-nfe2-seed") for f in folders)
     assert main(["sample", "--checkpoint", str(run), "--num-samples", "5", "--png-dir", str(tmp_path / "p")]) == 2
+
+
+def test_study_preset_is_the_study_own_preset_flag(monkeypatch):
+    import dmmd.studies.flows as flows
+    import dmmd.studies.kernel_width as kernel_width
+
+    seen = []
+    monkeypatch.setattr(flows, "main", lambda argv: seen.append(("flows", argv)) or 0)
+    monkeypatch.setattr(kernel_width, "main", lambda argv: seen.append(("kernel-width", argv)) or 0)
+    assert main(["study", "flows", "--preset", "two_moons", "--quick", "--out", "x"]) == 0
+    assert main(["study", "kernel-width", "--preset=digits", "--out", "y"]) == 0
+    assert seen == [("flows", ["--toys", "two_moons", "--quick", "--out", "x"]),
+                    ("kernel-width", ["--data=digits", "--out", "y"])]
+    assert main(["study", "optimal-width", "--preset", "digits", "--out", "z"]) == 2

@@ -1,8 +1,9 @@
 """dmmd: Diffusion MMD gradient flow (Galashov, De Bortoli, Gretton, ICLR 2025).
 
     import dmmd
-    pipe = dmmd.train("eight_gaussians", "runs/g8", steps=300)   # or dmmd.Pipeline.from_run("runs/g8")
-    x = pipe.sample(1000, seed=0)                                 # data-space tensor
+    pipe = dmmd.train("eight_gaussians", "runs/g8", overrides={"train.steps": 300})
+    x = pipe.sample(1000, seed=0)           # a data-space tensor
+    pipe = dmmd.Pipeline.from_run("runs/g8")  # later, from the run folder
 """
 
 import os

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run a study module; arguments after the name go to it (see `dmmd study NAME "
                         "--help`). docs/studies.md and docs/optimal_width.md describe them.")
     st.add_argument("name", choices=sorted(STUDIES), help="which study")
-    st.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments, e.g. --out DIR --quick")
+    st.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments, e.g. --out DIR --quick; "
+                    "--preset NAME picks the presets it trains (its --data or --toys)")
 
     e = sub.add_parser("evaluate", help="score a samples file against the held-out data",
                        description="Read samples.npz (array 'samples', in data space) and report diversity and "
@@ -500,11 +501,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+STUDY_PRESETS = {"kernel-width": "--data", "flows": "--toys", "pictures": "--data"}  # each study's own flag
+
+
 def cmd_study(args) -> int:
+    """Runs the study module; --preset NAME [NAME ...] is the study's own preset flag (--data or --toys)."""
     import importlib
 
+    from .config import ConfigError
+
+    argv = list(args.args)
+    if any(a == "--preset" or a.startswith("--preset=") for a in argv):
+        if args.name not in STUDY_PRESETS:
+            raise ConfigError(f"study {args.name} trains no preset; --preset works with {', '.join(STUDY_PRESETS)}")
+        flag = STUDY_PRESETS[args.name]
+        argv = [flag if a == "--preset" else flag + a[len("--preset"):] if a.startswith("--preset=") else a
+                for a in argv]
     module = importlib.import_module(f".studies.{STUDIES[args.name]}", __package__)
-    return int(module.main(args.args) or 0)
+    return int(module.main(argv) or 0)
 
 
 def cmd_evaluate(args) -> int:
