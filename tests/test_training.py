@@ -126,3 +126,21 @@ def test_train_threads_set_during_training_and_restored(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     with pytest.raises(config.ConfigError, match="train.threads"):
         config.load(None, ARGS + ["train.threads=-1"])
+
+
+def test_resumed_run_recalibrates_for_its_final_weights(tmp_path):
+    """The statistics stored at the end of a resumed run are those of its final EMA model, not the
+    ones restored from the earlier checkpoint (a stale mu_data made the replay diverge)."""
+    from dmmd.pipeline import calibrate
+    from dmmd.training import train
+
+    cfg = config.load(None, [*ARGS, "train.steps=6", "train.checkpoint_every=3", "sample.num_levels=3",
+                             "sample.steps_per_level=2", "sample.replay_particles=20", "train.best_by=none"])
+    data = torch.randn(200, 2)
+    train(cfg, data, tmp_path / "run", progress=False)
+    cfg.train.steps = 12
+    state = train(cfg, data, tmp_path / "run", resume=True, progress=False)
+    fresh = calibrate(state.ema.module, cfg, data, build_process(cfg.process), None)
+    torch.testing.assert_close(state.stats["data_mean"], fresh["data_mean"])
+    for tag, replay in fresh["replay"].items():
+        torch.testing.assert_close(state.stats["replay"][tag], replay)

@@ -320,7 +320,9 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         stop_at_boundary(state, cfg, run_dir, first_step, log)
     if ctx.is_main:
         if cfg.method == "dmmd":
-            state.stats = calibrate(state.ema.module, cfg, data, process, state.stats)
+            # fresh: statistics restored on resume belong to older weights (reusing their level means
+            # made the replay of a resumed run drive particles with a stale mu_data: FD-digits 944)
+            state.stats = calibrate(state.ema.module, cfg, data, process, None)
         path = save_checkpoint(state, cfg, run_dir, final=True, val_loss=held_out(state, log))
         log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
     log.close()
