@@ -346,3 +346,25 @@ def test_clipped_sampler_matches_float64_loop_and_is_per_particle(method, eta, f
                      final_denoise=final_denoise, chunk_size=2)
     torch.testing.assert_close(default, plain, rtol=0, atol=0)
     assert (full - plain).abs().max() > 1e-2
+
+
+def test_ddim_clipped_eps_is_the_eps_of_the_clipped_x0():
+    """clipped_eps=True (diffusers' use_clipped_model_output=True): the step equals the unclipped-
+    formula DDIM step fed with eps' = (x_t - sqrt(abar_t) clamp(x0_hat)) / sqrt(1 - abar_t),
+    computed here in float64 by hand; without clipping the flag changes nothing."""
+    from dmmd.noising import VPProcess
+
+    process = VPProcess("linear", 0.1, 20.0, t_min=1e-3, t_max=1.0)
+    gen = torch.Generator().manual_seed(3)
+    x_t = torch.randn(6, 4, generator=gen, dtype=torch.float64) * 2
+    eps = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    t, s = 0.7, 0.5
+    abar_t = float(process.alpha(torch.tensor(t, dtype=torch.float64)) ** 2)
+    x0 = (x_t - (1 - abar_t) ** 0.5 * eps) / abar_t ** 0.5
+    assert (x0.abs() > 1).any()
+    eps_c = (x_t - abar_t ** 0.5 * x0.clamp(-1, 1)) / (1 - abar_t) ** 0.5
+    got = ddim_step(eps, x_t, t, s, process=process, clip=1.0, clipped_eps=True)
+    want = ddim_step(eps_c, x_t, t, s, process=process)  # x0 of eps_c is already inside [-1, 1]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ddim_step(eps, x_t, t, s, process=process, clipped_eps=True),
+                               ddim_step(eps, x_t, t, s, process=process), rtol=0, atol=0)

@@ -168,12 +168,15 @@ def ddpm_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, no
 
 
 def ddim_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, eta: float = 0.0,
-              noise: Tensor | None = None, *, process: Process, clip: float | None = None) -> Tensor:
+              noise: Tensor | None = None, *, process: Process, clip: float | None = None,
+              clipped_eps: bool = False) -> Tensor:
     """DDIM step t -> s < t (Song et al. eq. 12); eta in [0, 1] scales the injected noise.
 
     noise: N(0, I) of x_t's shape for eta > 0, or None for the step's mean (no noise term).
     clip: x0_hat clamped to [-clip, clip]; the direction term keeps the network's eps, as in
-    diffusers' DDIMScheduler with clip_sample=True and use_clipped_model_output=False.
+    diffusers' DDIMScheduler with clip_sample=True and use_clipped_model_output=False, or, with
+    clipped_eps=True (use_clipped_model_output=True), the eps that the clipped x0_hat implies:
+    eps' = (x_t - sqrt(abar_t) clip(x0_hat)) / sqrt(1 - abar_t).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
@@ -183,6 +186,8 @@ def ddim_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, et
     # sqrt(abar_s) x0_hat + direction eps, with x0_hat expanded.
     if clip is not None:
         x0_hat = predict_x0(eps, x_t, t, process).clamp(-clip, clip)
+        if clipped_eps:
+            eps = (x_t - _bcast(abar_t.sqrt(), x_t) * x0_hat) / _bcast(one_t.sqrt(), x_t)
         out = _bcast(abar_s.sqrt(), x_t) * x0_hat + _bcast(direction, x_t) * eps
     else:
         c_eps = direction - (abar_s * one_t / abar_t).sqrt()
@@ -229,7 +234,8 @@ def _eps(net: nn.Module, x: Tensor, t: float, chunk_size: int | None) -> Tensor:
 
 def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: str = "ddpm",
            noise: ParticleNoise | None = None, progress=None, *, eta: float = 0.0,
-           final_denoise: bool = True, chunk_size: int | None = None, clip: float | None = None) -> Tensor:
+           final_denoise: bool = True, chunk_size: int | None = None, clip: float | None = None,
+           clipped_eps: bool = False) -> Tensor:
     """Run the reverse chain from z (N, ...) drawn from the prior N(0, I) at t_max.
 
     Steps along time_grid(process, num_steps) (uniform, t_max -> t_min) with `ddpm_step` or
@@ -239,6 +245,7 @@ def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: 
     particles, needed by DDPM and DDIM with eta > 0; it is drawn once per stochastic step.
     clip: clamp every predicted clean sample (and the final one) to [-clip, clip], as the reference
     implementations do for data of known range (diffusers' clip_sample=True); None: no clipping.
+    clipped_eps: DDIM's direction term uses the eps of the clipped x0 (see `ddim_step`).
     progress: anything with update(1), called after each network evaluation. chunk_size bounds the
     batch of one network call. Returns a new tensor.
     """
@@ -261,7 +268,7 @@ def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: 
             if method == "ddpm":
                 x = ddpm_step(eps, x, t, s, e, process=process, clip=clip)
             else:
-                x = ddim_step(eps, x, t, s, eta, e, process=process, clip=clip)
+                x = ddim_step(eps, x, t, s, eta, e, process=process, clip=clip, clipped_eps=clipped_eps)
             if progress is not None:
                 progress.update(1)
         if final_denoise:

@@ -211,7 +211,7 @@ def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shap
 
         return ddpm.sample(disc, z0, process, s.num_steps, s.sampler, noise, progress,
                            eta=s.ddim_eta if s.sampler == "ddim" else 0.0, chunk_size=s.chunk_size,
-                           clip=clip_range(cfg))
+                           clip=clip_range(cfg), clipped_eps=s.ddim_clipped_eps)
     grid = time_grid(process, settings.num_levels, settings.grid)
     if s.sampler == "kale":
         return kale_flow(disc, z0, grid, settings, process, noise, progress)
