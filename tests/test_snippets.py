@@ -36,6 +36,7 @@ SKIP = {  # pattern in the line -> why it is not run here
 SMALL = {
     "sample": ["--num-samples", "100"],
     "compare": ["--budget", "1", "--nfe", "10", "--num-samples", "20", "--points", "1", "--methods", "dmmd"],
+    "train-autoencoder": ["--set", f"autoencoder.steps={SMALL_STEPS}"],
 }
 SMALL_SAMPLE_SETTINGS = ["--set", "sample.replay_particles=50"]  # train and calibrate: a small replay
 
