@@ -25,8 +25,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dmmd.demo
 
+# two pytest workers (pytest-xdist), each test file on one worker: its module fixtures train once
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n 2 --dist loadfile
 
 # the cost benchmarks against their targets (about 15 minutes here): benchmarks/results/summary.md
 bench: $(STAMP)
