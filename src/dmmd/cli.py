@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--points", default="0.25,0.5,1", help="fractions of the budget at which every method is "
                    "scored, to show convergence (default 0.25,0.5,1)")
     m.add_argument("--methods", default="dmmd,ddpm,fm", help="comma-separated subset of dmmd, ddpm, fm")
+    m.add_argument("--latent", metavar="AE", help="race in the latents of this autoencoder folder (written by "
+                   "`dmmd train-autoencoder`; same as --set model.latent=AE): every method trains on the encoded "
+                   "data with the MLP, samples are decoded and scored in pixels beside the reconstruction floor")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     st = sub.add_parser("study", help="reproduce the paper's studies (kernel-width, flows, pictures, optimal-width)",
@@ -475,9 +478,12 @@ def cmd_compare(args) -> int:
     from .compare import METHODS, run_compare
     from .data.datasets import load_dataset
 
-    cfg = config.load(_config_source(args, default="digits"), args.overrides)
+    overrides = [*args.overrides, f"model.latent={args.latent}"] if args.latent else args.overrides
+    cfg = config.load(_config_source(args, default="digits"), overrides)
     if cfg.method != "dmmd":
         raise config.ConfigError("dmmd compare trains every method from one config: leave method = 'dmmd' in it")
+    if cfg.model.latent and cfg.model.backbone != "mlp":
+        raise config.ConfigError("a latent race needs model.backbone = 'mlp' (the latents are vectors)")
 
     def numbers(text, kind, flag):
         try:

@@ -103,8 +103,12 @@ def _sampler_config(cfg: config_mod.Config, nfe: int, change: dict) -> config_mo
     return c
 
 
-def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, seed, point, selection_ref):
-    """Every candidate at every NFE: held-out and training-split scores; the chosen (tuned) row per NFE."""
+def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, seed, point, selection_ref,
+                 model_data: Dataset | None = None, to_pixels=None):
+    """Every candidate at every NFE: held-out and training-split scores; the chosen (tuned) row per NFE.
+    A latent race passes the latents as `model_data` (calibration, sample shape) and the decoder as
+    `to_pixels`; scores are always on `data`, in pixels."""
+    model_data = data if model_data is None else model_data
     rows, grids, extra_cpu = [], {}, 0.0
     for nfe in nfes:
         trials = []
@@ -112,10 +116,12 @@ def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, se
             c = _sampler_config(cfg, nfe, change)
             if needs_calibration(model, c, stats):
                 cpu = time.process_time()
-                stats = calibrate(model, c, data.train, process, stats, flow_settings(c.sample))
+                stats = calibrate(model, c, model_data.train, process, stats, flow_settings(c.sample))
                 extra_cpu += time.process_time() - cpu
             cpu, wall = time.process_time(), time.time()
-            z = sample(model, c, stats, process, data.shape, num_samples, seed)
+            z = sample(model, c, stats, process, model_data.shape, num_samples, seed)
+            if to_pixels is not None:
+                z = to_pixels(z)
             cpu, wall = time.process_time() - cpu, time.time() - wall
             held = score(z, data)
             train_metric = score(z, data, selection_ref)["metric"]
@@ -140,13 +146,26 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
                 budget: float = 300.0, points=(0.25, 0.5, 1.0), methods=METHODS, seed: int = 0,
                 progress: bool = True, echo=print) -> dict:
     """Train each method to CPU-time `budget` (seconds, one thread), scoring every sampler candidate
-    at every NFE at each fraction in `points` of the budget; write the tables and pictures."""
+    at every NFE at each fraction in `points` of the budget; write the tables and pictures.
+    With cfg.model.latent every method trains and samples in that autoencoder's latents (encoded
+    once, outside the budgets, like the autoencoder's own training); samples are decoded and scored
+    in pixels beside the reconstruction floor."""
     if budget <= 0 or not points or any(not 0 < p <= 1 for p in points):
         raise ValueError("budget must be > 0 and every point in (0, 1]")
     out.mkdir(parents=True, exist_ok=True)
     process = build_process(cfg.process)
     selection_ref = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[
         : len(data.test)]]
+    model_data, to_pixels, floor = data, None, None
+    if cfg.model.latent:
+        from .latent import decode, for_config, latent_data, reconstruction_floor
+
+        cfg = copy.deepcopy(cfg)
+        model_data = latent_data(cfg, data, progress=progress)  # records the autoencoder's path and identity
+        ae = for_config(cfg)
+        floor = reconstruction_floor(ae, data, num_samples)
+        to_pixels = lambda z: decode(z, ae)  # noqa: E731
+        echo(f"latent race: {model_data.shape[0]} latents of {cfg.model.latent}; reconstruction floor {floor}")
     rows, runs, final_grids = [], {}, {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU time at one thread: the unit of the budget
@@ -159,13 +178,14 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
                 target = point * budget
                 cpu, wall = time.process_time(), time.time()
                 echo(f"training {method} to {target:.0f} CPU-s")
-                state = train(c, data.train, out / method, resume=spent_cpu > 0, progress=progress,
+                state = train(c, model_data.train, out / method, resume=spent_cpu > 0, progress=progress,
                               max_seconds=max(0.0, target - spent_cpu), clock=time.process_time)
                 spent_cpu += time.process_time() - cpu
                 spent_wall += time.time() - wall
                 model = state.ema.module.eval().requires_grad_(False)
                 new, grids, _, calibration_cpu = _sample_rows(method, c, model, state.stats or {}, process, data,
-                                                              nfes, num_samples, seed, point, selection_ref)
+                                                              nfes, num_samples, seed, point, selection_ref,
+                                                              model_data, to_pixels)
                 steps.append({"point": point, "step": state.step, "train_cpu_s": round(spent_cpu, 1),
                               "train_wall_s": round(spent_wall, 1), "replay_cpu_s": round(calibration_cpu, 1)})
                 for r in new:
@@ -182,7 +202,8 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
               "batch_size": cfg.train.batch_size, "runs": runs, "rows": rows,
               "selection": "each method's candidates scored against a training subset the size of the held-out set; "
                            "the best is the 'tuned' row, reported on held-out data",
-              "candidates": {m: [label for label, _ in candidates(m)] for m in methods}}
+              "candidates": {m: [label for label, _ in candidates(m)] for m in methods},
+              "latent": cfg.model.latent or None, "reconstruction_floor": floor}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=float) + "\n")
     atomic_write_text(out / "compare.md", markdown(result))
     plot_metric(out / "metric_vs_nfe.png", [r for r in rows if r["budget_point"] == max(points)])
@@ -207,7 +228,14 @@ def markdown(result: dict) -> str:
              f"{name} on held-out data, {result['num_samples']} samples per cell; budget {result['budget_cpu_s']:.0f} "
              f"CPU-s per method (one thread), scored at {', '.join(f'{p:.0%}' for p in result['points'])} of it. "
              f"'tuned': the best of each method's {len(candidates('dmmd'))} sampler settings "
-             "by the same metric against the training split.", "", head, sep]
+             "by the same metric against the training split."]
+    if result.get("latent"):
+        floor = result["reconstruction_floor"]
+        value = floor.get("fd_fashion", floor.get("fd_digits", floor["fd"]))
+        lines += ["", f"Every method in the latents of {result['latent']} (encoding and the autoencoder's training "
+                  f"outside the budget); samples decoded and scored in pixels. Reconstruction floor "
+                  f"({floor['num_images']} held-out images through the autoencoder): {name} {value:.3g}."]
+    lines += ["", head, sep]
     for m in methods:
         for point in result["points"]:
             run = next(s for s in result["runs"][m] if s["point"] == point)
