@@ -1,0 +1,142 @@
+"""Quality at equal CPU time of the cheaper gradient penalties (issue 17): does a cheaper DMMD step
+buy as much sample quality per CPU second as the penalty as shipped?
+
+    python benchmarks/gp_quality.py [--preset digits] [--budget 150] [--seeds 0,1]
+                                    [--variants plain,lazy4,gp25_lazy4,nn1_lazy4] [--out benchmarks/results/gp_quality]
+
+Each variant trains the preset (one thread) until its CPU time (time.process_time) reaches the
+budget; the end-of-training calibration (level statistics and the replay of the default sampler)
+runs inside that budget, as `dmmd compare` does. Then 1000 samples per NFE (20 and 100, the
+preset's default sampler with the --nfe rule) are scored against held-out data: FD-digits /
+FD-fashion in the shipped classifiers' features, near-duplicate share and nearest-training ratio.
+Seeds give the run-to-run spread; the verdict compares each variant's mean FD with plain's mean
+FD plus the larger of the two seed spreads ("equal quality beyond the run-to-run spread").
+Writes OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dmmd import config as C
+from dmmd.compare import _sampler_config, score
+from dmmd.data.datasets import load_dataset
+from dmmd.pipeline import build_process, calibrate, flow_settings, needs_calibration, sample
+
+VARIANTS = {
+    "plain": {},
+    "lazy4": {"train.gp_every": 4},
+    "lazy16": {"train.gp_every": 16},
+    "gp25_lazy4": {"train.gp_fraction": 0.25, "train.gp_every": 4},
+    "nn1_lazy4": {"train.num_levels": 1, "train.gp_every": 4},
+}
+
+
+def run(preset: str, variant: str, seed: int, budget: float, data, model_data, to_pixels, workdir: Path,
+        extra: list[str]) -> list[dict]:
+    from dmmd.training import train
+
+    overrides = [f"{k}={v}" for k, v in VARIANTS[variant].items()]
+    cfg = C.load(preset, [*extra, *overrides, f"seed={seed}", "train.threads=1", "train.best_by=none", f"train.steps={10**9}"])
+    cpu, wall = time.process_time(), time.time()
+    state = train(cfg, model_data.train, workdir / f"{variant}-{seed}", progress=False, max_seconds=budget,
+                  clock=time.process_time)
+    cpu, wall = time.process_time() - cpu, time.time() - wall
+    model = state.ema.module.eval().requires_grad_(False)
+    process = build_process(cfg.process)
+    rows, stats = [], state.stats or {}
+    for nfe in (20, 100):
+        c = _sampler_config(cfg, nfe, {})
+        if needs_calibration(model, c, stats):  # another NFE's replay: outside the budget, as in compare
+            stats = calibrate(model, c, model_data.train, process, stats, flow_settings(c.sample))
+        z = sample(model, c, stats, process, model_data.shape, 1000, 0)
+        s = score(to_pixels(z), data)
+        rows.append({"variant": variant, "seed": seed, "nfe": nfe, "steps": state.step, "train_cpu_s": round(cpu, 1),
+                     "train_wall_s": round(wall, 1), "metric_name": s["metric_name"], "metric": s["metric"],
+                     "near_duplicates": s["near_duplicates"], "nn_to_train_ratio": s["nn_to_train_ratio"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def verdicts(rows: list[dict], variants: list[str]) -> list[dict]:
+    out = []
+    for nfe in (20, 100):
+        by = {v: [r["metric"] for r in rows if r["variant"] == v and r["nfe"] == nfe] for v in variants}
+        base = by["plain"]
+        spread = lambda xs: max(xs) - min(xs) if len(xs) > 1 else float("nan")  # noqa: E731
+        for v in variants:
+            xs = by[v]
+            allowed = statistics.mean(base) + max(spread(base), spread(xs))
+            out.append({"variant": v, "nfe": nfe, "mean": statistics.mean(xs), "min": min(xs), "max": max(xs),
+                        "steps": statistics.mean(r["steps"] for r in rows if r["variant"] == v and r["nfe"] == nfe),
+                        "plain_mean": statistics.mean(base), "allowed": allowed,
+                        "verdict": "equal or better" if statistics.mean(xs) <= allowed else "worse"})
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Quality at equal CPU time: {result['preset']}, {result['budget_cpu_s']:.0f} CPU-s per run, "
+             f"seeds {result['seeds']}", "",
+             f"{result['rows'][0]['metric_name']} of 1000 samples (default sampler, --nfe rule) against held-out data; "
+             "'allowed' = plain's mean + the larger seed spread of the two.", "",
+             "| variant | NFE | steps in budget | mean (min-max) | plain mean | allowed | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for v in result["verdicts"]:
+        lines.append(f"| {v['variant']} | {v['nfe']} | {v['steps']:.0f} | {v['mean']:.3g} ({v['min']:.3g}-{v['max']:.3g}) "
+                     f"| {v['plain_mean']:.3g} | {v['allowed']:.3g} | {v['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--budget", type=float, default=150.0, help="CPU seconds of training per run (one thread)")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--variants", default="plain,lazy4,gp25_lazy4,nn1_lazy4")
+    p.add_argument("--out", default="benchmarks/results/gp_quality")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run (e.g. model.latent=AE for a latent preset)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from dmmd.presets import path as preset_path
+
+    preset = str(preset_path(args.preset))
+    variants = [v for v in args.variants.split(",") if v]
+    if "plain" not in variants:
+        variants.insert(0, "plain")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = C.load(preset, args.overrides)
+    data = load_dataset(cfg.data, cfg.seed)
+    model_data, to_pixels = data, (lambda z: z)
+    if cfg.model.latent:
+        from dmmd.latent import decode, for_config, latent_data
+
+        model_data = latent_data(cfg, data, progress=False)
+        ae = for_config(cfg)
+        to_pixels = lambda z: decode(z, ae)  # noqa: E731
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:  # seeds outermost: an interrupted run still has every variant at seed 0
+            for v in variants:
+                rows += run(preset, v, seed, args.budget, data, model_data, to_pixels, Path(tmp), args.overrides)
+    result = {"preset": args.preset, "budget_cpu_s": args.budget, "seeds": seeds, "rows": rows,
+              "verdicts": verdicts(rows, variants), "torch": torch.__version__}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
