@@ -41,6 +41,9 @@ def test_compare_is_fair_by_construction(tmp_path):
     text = (out / "compare.md").read_text()
     assert "| fm | tuned |" in text and "| ddpm | default |" in text
     assert (out / "metric_vs_nfe.png").stat().st_size > 1000
+    # a second race into the same folder is refused before any compute, nothing overwritten
+    assert main(["compare", *TINY, "--budget", "2", "--out", str(out), "--no-progress"]) == 2
+    assert json.loads((out / "compare.json").read_text()) == result
 
 
 @pytest.mark.parametrize("args, message", [(["--nfe", "ten"], "--nfe expects"), (["--points", "0,1"], "--points"),

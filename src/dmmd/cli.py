@@ -477,6 +477,7 @@ def cmd_compare(args) -> int:
     from . import config
     from .compare import METHODS, run_compare
     from .data.datasets import load_dataset
+    from .runfolder import check_output_dir, enter, hold
 
     overrides = [*args.overrides, f"model.latent={args.latent}"] if args.latent else args.overrides
     cfg = config.load(_config_source(args, default="digits"), overrides)
@@ -499,8 +500,14 @@ def cmd_compare(args) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods or any(m not in METHODS for m in methods):
         raise config.ConfigError(f"--methods must be a subset of {', '.join(METHODS)}, got {args.methods!r}")
+    out = Path(args.out)
+    check_output_dir(out)  # before any compute
+    leftovers = [m for m in methods if (out / m / "config.json").exists()]
+    if leftovers:
+        raise config.ConfigError(f"{out} already holds a race ({', '.join(leftovers)}): choose another --out")
     data = load_dataset(cfg.data, cfg.seed)
-    run_compare(cfg, data, Path(args.out), nfes, args.num_samples, args.budget, points, methods,
+    enter(hold(out, "dmmd compare"))  # one writer per race folder
+    run_compare(cfg, data, out, nfes, args.num_samples, args.budget, points, methods,
                 progress=not args.no_progress)
     print((Path(args.out) / "compare.md").read_text())
     print(f"wrote {Path(args.out) / 'compare.json'} and pictures")
