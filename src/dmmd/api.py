@@ -105,10 +105,14 @@ class Trainer:
         from .data.datasets import load_dataset
         from .training import train
 
+        from .conditional import training_labels
+
         data = load_dataset(self.cfg.data, self.cfg.seed)
+        labels, val_labels = training_labels(self.cfg, data)  # model.conditional: also sets model.num_classes
         echo = None if self.progress is False else (lambda text: print(text, file=sys.stderr, flush=True))
         train(self.cfg, data.train, self.out, resume=self.resume and (self.out / "config.json").is_file(),
-              progress=self.progress is not False, echo=echo, stream=data.stream, val_data=data.test)
+              progress=self.progress is not False, echo=echo, stream=data.stream, val_data=data.test,
+              labels=labels, val_labels=val_labels)
         pipe = Pipeline.from_run(self.out, device=self.cfg.train.device)
         pipe._data = data
         return pipe
@@ -174,19 +178,36 @@ class Pipeline:
         return cfg
 
     def sample(self, n: int, nfe: int | None = None, seed: int = 0, sampler: str | None = None,
-               progress: bool = False, batch_size: int = 4096, **overrides) -> Tensor:
+               progress: bool = False, batch_size: int = 4096, class_: int | str | None = None,
+               guidance: float | None = None, **overrides) -> Tensor:
         """n samples in data space, (n, *shape) on the CPU. Sample i depends only on (seed, i) for
-        the samplers that move particles independently (all but exact, a population)."""
+        the samplers that move particles independently (all but exact, a population).
+        A conditional model: class_ = K (every sample of class K), 'all' (sample i of class i mod C)
+        or None (unconditional); guidance = w (default: sample.guidance). `sample_labels(n, class_)`
+        gives the labels drawn."""
         from .data.datasets import to_data_space
 
+        if guidance is not None:
+            overrides = {**overrides, "guidance": guidance}
         cfg = self.sample_config(nfe, sampler, **overrides)
         if n < (2 if cfg.sample.sampler == "exact" else 1) or batch_size < 1:
             raise ConfigError(f"n must be >= {2 if cfg.sample.sampler == 'exact' else 1} (the exact sampler moves "
                               f"a population) and batch_size >= 1; got n={n}, batch_size={batch_size}")
-        z = self._draw(cfg, n, seed, progress, batch_size)
+        labels = self.sample_labels(n, class_)
+        z = self._draw(cfg, n, seed, progress, batch_size, labels)
         return to_data_space(cfg.data.name, z)
 
-    def _draw(self, cfg: Config, n: int, seed: int, progress: bool, batch_size: int) -> Tensor:
+    def sample_labels(self, n: int, class_: int | str | None) -> Tensor | None:
+        """The labels `sample(n, class_=...)` draws: (n,) int64, or None (unconditional)."""
+        from .conditional import sample_labels
+
+        try:
+            return sample_labels(self.model, class_, n)
+        except ValueError as err:
+            raise ConfigError(str(err).replace("--class", "class_")) from None
+
+    def _draw(self, cfg: Config, n: int, seed: int, progress: bool, batch_size: int,
+              labels: Tensor | None = None) -> Tensor:
         """Model-space samples with cfg's sampler (making missing statistics in memory)."""
         from tqdm.auto import tqdm
 
@@ -203,7 +224,8 @@ class Pipeline:
                 reference = train_rows[pick[: cfg.sample.num_reference]].to(self.device)
             if needs_calibration(self.model, cfg, self.stats):
                 settings = flow_settings(cfg.sample)
-                self.stats = calibrate(self.model, cfg, self.data.train.to(self.device), process, self.stats, settings)
+                self.stats = calibrate(self.model, cfg, self.data.train.to(self.device), process, self.stats, settings,
+                                       labels=self.data.labels_train)
             check_sampler(self.model, cfg, self.stats, reference)
             batch = n if cfg.sample.sampler == "exact" else batch_size
             chunks = []
@@ -211,7 +233,8 @@ class Pipeline:
                       dynamic_ncols=True) as bar:
                 for start in range(0, n, batch):
                     chunks.append(draw(self.model, cfg, self.stats, process, self.data_shape, min(batch, n - start),
-                                       seed, reference, start=start, device=self.device, progress=bar).cpu())
+                                       seed, reference, start=start, device=self.device, progress=bar,
+                                       labels=None if labels is None else labels[start:start + batch]).cpu())
         return torch.cat(chunks)
 
     def _model_scale(self, samples: Tensor) -> Tensor:
@@ -287,7 +310,14 @@ def preview_samples(model: torch.nn.Module, cfg: Config, data: Tensor, shape: tu
     kernel = getattr(model, "kernel_name", None)
     if cfg.method == "dmmd" and getattr(model, "objective", "mmd") == "mmd":
         cfg.sample.sampler = "exact"
-        if kernel == "linear":
+        if kernel == "linear" and getattr(model, "num_classes", 0):  # conditional: unconditional previews (null label)
+            from .conditional import class_level_statistics, grid_tag
+
+            settings = flow_settings(cfg.sample)
+            null = torch.full((len(rows),), model.num_classes, dtype=torch.long, device=rows.device)
+            stats = {"class_grid": grid_tag(settings),
+                     "class_data_mean": class_level_statistics(model, rows, null, process, settings)}
+        elif kernel == "linear":
             stats = level_statistics(model, rows, process, flow_settings(cfg.sample), cfg.seed)
         else:
             reference = rows

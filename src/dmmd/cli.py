@@ -100,6 +100,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", help="torch.compile the network first (pays off for long "
                    "runs on a GPU; the first steps are slower while it compiles)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--class", dest="class_", metavar="K", help="a conditional model (model.conditional): samples of "
+                   "class K, or 'all' (sample i gets class i mod C: an equal number per class when C divides "
+                   "--num-samples); labels are saved as array 'y' in samples.npz. Default: unconditional")
+    s.add_argument("--guidance", type=float, metavar="W", help="guidance weight of a conditional model (sets "
+                   "sample.guidance; DMMD: mu(t,y) + W (mu(t,y) - mu(t,null)); flow matching and DDPM: "
+                   "classifier-free guidance (1 + W) cond - W uncond; docs/conditional.md)")
+
+    ip = sub.add_parser("inpaint", help="fill in the masked part of images with a trained model (any method)",
+                        description="Complete images: the known pixels are kept exactly, the masked ones generated "
+                        "by the checkpoint's sampler, with the known pixels replaced at every noise level by a "
+                        "forward-noised copy (docs/inpainting.md). Writes OUT/completions.npz (array 'x', data space, "
+                        "the input's layout; 'mask'), OUT/inpaint.png (originals / masked / completed) and "
+                        "OUT/metrics.json.")
+    ip.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run folder")
+    ip.add_argument("--images", required=True, metavar="FILE.npz", help="array 'x' in data space like user data "
+                    "files (digits: values 0..16, shape (n, 64) or (n, 1, 8, 8)); optional integer labels 'y' "
+                    "(scored by the shipped classifier for digits and Fashion-MNIST)")
+    ip.add_argument("--mask", required=True, metavar="MASK", help="top, bottom, left, right or center (that part is "
+                    "generated: `top` fills in the top half), or FILE.npy of bools or 0/1 (1 = generated) of one "
+                    "image's shape (or broadcastable to it)")
+    ip.add_argument("--out", required=True, metavar="DIR", help="output folder (an earlier output there is replaced)")
+    ip.add_argument("--nfe", type=int, metavar="N", help="network evaluations, as for `dmmd sample --nfe`")
+    ip.add_argument("--seed", type=int, default=0, help="sampling seed; completion i depends only on (seed, i) "
+                    "except with DMMD's exact sampler (default 0)")
+    ip.add_argument("--sampler", choices=("exact", "approx", "kale", "ddpm", "ddim", "euler", "heun"),
+                    help="as for `dmmd sample` (default: the checkpoint's sample.sampler, but exact for DMMD's "
+                    "approx: measured better for inpainting, docs/inpainting.md)")
+    ip.add_argument("--resample", type=int, metavar="U", help="run every level (DMMD) or step (flow matching, DDPM) "
+                    "but the last U times, jumping back to its noise level in between (RePaint's resampling; NFE "
+                    "grows about U-fold; default 5; 1 turns it off)")
+    ip.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a sample.* setting, e.g. --set sample.step_size=0.05")
+    ip.add_argument("--batch-size", type=int, default=4096, help="images completed together (the exact sampler "
+                    "moves all of them as one population)")
+    ip.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ip.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="store level statistics and a mean-field replay for sampler settings",
                        description="Compute, from the training data, what the approx sampler needs for the given "
@@ -268,11 +304,14 @@ def cmd_train(args) -> int:
         from .latent import latent_data
 
         data = latent_data(cfg, data, progress=not args.no_progress)
+    from .conditional import training_labels
+
+    labels, val_labels = training_labels(cfg, data)  # model.conditional: also sets model.num_classes
     check_training(cfg, data.shape, resolve_device(cfg.train.device))
     if main_rank:
         print(f"run folder: {run_dir}")
     train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print,
-          stream=data.stream, val_data=data.test)
+          stream=data.stream, val_data=data.test, labels=labels, val_labels=val_labels)
     return 0
 
 
@@ -309,6 +348,12 @@ def cmd_train_autoencoder(args) -> int:
     return 0
 
 
+def disc_classes(model) -> int:
+    from .conditional import model_classes
+
+    return model_classes(model)
+
+
 def _sample_config(args, cfg):
     """The checkpoint's config with --sampler, then --nfe's settings, then --set sample.* applied."""
     from . import config
@@ -322,6 +367,8 @@ def _sample_config(args, cfg):
         keys.append(key)
     if getattr(args, "sampler", None):
         cfg.sample.sampler = args.sampler
+    if getattr(args, "guidance", None) is not None:
+        config.set_value(cfg, "sample.guidance", args.guidance)
     if getattr(args, "nfe", None) is not None:
         if args.nfe < 1:
             raise config.ConfigError(f"--nfe must be >= 1, got {args.nfe}")
@@ -358,12 +405,21 @@ def cmd_sample(args) -> int:
     device = resolve_device(args.device)
     cfg, disc, stats, payload = load_model(args.checkpoint, device)
     cfg = _sample_config(args, cfg)
+    from .conditional import sample_labels
+
+    try:  # --class: checked against the model before any compute
+        labels = sample_labels(disc, args.class_, args.num_samples)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.guidance is not None and labels is None and not disc_classes(disc):
+        raise ConfigError("--guidance needs a conditional model (trained with model.conditional = true)")
     ae = for_config(cfg, device)  # a latent model's autoencoder; a missing or foreign one is refused
     shape = tuple(payload["data_shape"])
     check_sampling(cfg, shape, args.num_samples, args.num_samples if cfg.sample.sampler == "exact" else args.batch_size,
                    device)
     run = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
-    out = Path(args.out) if args.out else run / sample_folder_name(cfg, args.seed, args.num_samples)
+    out = Path(args.out) if args.out else run / (sample_folder_name(cfg, args.seed, args.num_samples)
+                                                 + (f"-class{args.class_}" if labels is not None else ""))
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir")
     staging = claim_output(out, "dmmd sample")  # checked and locked before any compute; renamed into place at the end
@@ -394,7 +450,8 @@ def cmd_sample(args) -> int:
               "(`dmmd calibrate` stores them)", file=sys.stderr)
         with tqdm(total=flow_settings(cfg.sample).num_steps, desc="replay", disable=_bar_off(args),
                   dynamic_ncols=True) as bar:
-            stats = calibrate(disc, cfg, data.train.to(device), process, stats, flow_settings(cfg.sample), bar)
+            stats = calibrate(disc, cfg, data.train.to(device), process, stats, flow_settings(cfg.sample), bar,
+                              labels=data.labels_train)
     check_sampler(disc, cfg, stats, reference)
     if args.png_dir and len(ae.shape if ae else shape) != 3:
         raise ConfigError(f"--png-dir needs image data; this model's data has shape {shape}")
@@ -407,7 +464,8 @@ def cmd_sample(args) -> int:
         for start in range(0, args.num_samples, batch):
             n = min(batch, args.num_samples - start)
             chunks.append(sample(disc, cfg, stats, process, shape, n, args.seed, reference, start=start,
-                                 device=device, progress=bar).cpu())
+                                 device=device, progress=bar,
+                                 labels=None if labels is None else labels[start:start + n]).cpu())
     z = torch.cat(chunks)
     if ae is not None:  # decoded: files, picture and diagnostics in pixel space as for any image model
         z, data, shape = decode(z, ae), pixels, ae.shape
@@ -417,7 +475,7 @@ def cmd_sample(args) -> int:
     samples = to_data_space(cfg.data.name, z).numpy()
 
     def write_npz(fh):
-        np.savez(fh, samples=samples)
+        np.savez(fh, samples=samples, **({} if labels is None else {"y": labels.numpy()}))
 
     atomic_write_bytes(staging / "samples.npz", write_npz)
     picture = out / "samples.png"
@@ -429,13 +487,26 @@ def cmd_sample(args) -> int:
         save_png_folder(args.png_dir, z.numpy())
         print(f"{len(z)} PNGs: {args.png_dir}")
     report = {"sampler": cfg.sample.sampler, "settings": cfg.sample.__dict__, "num_samples": len(z),
-              "seconds": round(elapsed, 3), "nfe": nfe}
+              "seconds": round(elapsed, 3), "nfe": nfe, **({} if labels is None else {"class": args.class_})}
     if data is not None:
         report["diversity"] = sample_report(z, data)
     atomic_write_text(staging / "diversity.json", json.dumps(report, indent=2) + "\n")
     publish(staging)  # the three files replace OUT together
     print(f"{len(z)} samples in {elapsed:.1f} s -> {out / 'samples.npz'}")
     print(f"picture: {picture}")
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from .inpaint_run import run
+
+    report = run(args.checkpoint, args.images, args.mask, args.out, args.seed, lambda cfg: _sample_config(args, cfg),
+                 args.batch_size, args.device, progress=not _bar_off(args), sampler=args.sampler,
+                 repeats=args.resample)
+    shown = {k: report[k] for k in ("known_values_changed", "mse_unknown_model_scale", "accuracy_completed",
+                                    "accuracy_original") if k in report}
+    print(f"{report['num_images']} completions in {report['seconds']:.1f} s -> {Path(args.out) / 'completions.npz'}; "
+          + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     return 0
 
 
@@ -467,7 +538,8 @@ def cmd_calibrate(args) -> int:
         data = encode_dataset(data, for_config(cfg), cfg.data, progress=not _bar_off(args))
     settings = flow_settings(cfg.sample)
     with tqdm(total=settings.num_steps, desc="calibrate", disable=_bar_off(args)) as bar:
-        stats = calibrate(disc, cfg, data.train, build_process(cfg.process), stats, settings, bar)
+        stats = calibrate(disc, cfg, data.train, build_process(cfg.process), stats, settings, bar,
+                          labels=data.labels_train)
     written = statsfile.save(path, stats)  # beside the checkpoint, which is never rewritten
     print(f"stored statistics for {settings.tag()} in {written}")
     return 0
@@ -483,6 +555,9 @@ def cmd_compare(args) -> int:
     cfg = config.load(_config_source(args, default="digits"), overrides)
     if cfg.method != "dmmd":
         raise config.ConfigError("dmmd compare trains every method from one config: leave method = 'dmmd' in it")
+    if cfg.model.conditional:
+        raise config.ConfigError("dmmd compare races unconditional models; for conditional ones see "
+                                 "benchmarks/conditional.py (docs/conditional.md)")
     if cfg.model.latent and cfg.model.backbone != "mlp":
         raise config.ConfigError("a latent race needs model.backbone = 'mlp' (the latents are vectors)")
 
@@ -574,6 +649,14 @@ def cmd_evaluate(args) -> int:
         weights = inception_weights_path(args.inception_weights)  # fail before any metric is computed
         require_torch_fidelity()
     report = evaluate_samples(samples, data, tuple(m for m in metrics if m in METRICS))
+    from .data.datasets import read_labels
+
+    labels = read_labels(args.samples, len(samples))  # `dmmd sample --class`: per-class figures
+    if labels is not None and data.labels_train is not None and data.labels_test is not None:
+        from .evaluation.classwise import per_class_report
+
+        report["per_class"] = per_class_report(samples, labels, data.train, data.labels_train, data.test,
+                                               data.labels_test, cfg.data.name)
     if cfg.model.latent:  # what no latent model can beat: its autoencoder's reconstructions of held-out images
         from .latent import for_config, reconstruction_floor
 
@@ -603,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "sample": cmd_sample, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate,
                 "compare": cmd_compare, "study": cmd_study, "presets": cmd_presets, "plot": cmd_plot,
-                "train-autoencoder": cmd_train_autoencoder}
+                "train-autoencoder": cmd_train_autoencoder, "inpaint": cmd_inpaint}
     try:
         # locks and temporary folders a command claims are released however it ends; SIGTERM unwinds like SIGINT
         with terminate_raises(), command_scope():

@@ -62,6 +62,8 @@ class ModelConfig:
     objective: str = "mmd"  # mmd | kale
     latent: str = ""  # an autoencoder folder (dmmd train-autoencoder --out AE): train and sample in its latents (docs/latent.md)
     latent_id: str = ""  # set by dmmd train: sha256 of that autoencoder's weights; sampling refuses another
+    conditional: bool = False  # class-conditional: the data set's labels enter beside t (docs/conditional.md)
+    num_classes: int = 0  # conditional: set by dmmd train from the labels (0 = not yet known)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast of the loss; weights and optimizer stay float32)
     channels_last: bool = False  # image backbones: channels-last weights and batches (faster convs on CUDA)
     compile: bool = False  # torch.compile the network; not with the gradient penalty (double backward)
+    p_uncond: float = 0.1  # model.conditional: share of training rows whose label is replaced by the null label
 
 
 @dataclass
@@ -121,6 +124,7 @@ class SampleConfig:
     ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
     step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power (num_levels / T) for the new T x N_s
     ddim_clipped_eps: bool = True  # ddim with clip_x0: step with the eps of the clipped x0 (diffusers' use_clipped_model_output; digits FD 17 vs 74 at NFE 100)
+    guidance: float = 0.5  # conditional models: guidance weight w (DMMD: target mu(t,y) + w (mu(t,y) - mu(t,null)); fm/ddpm: (1 + w) cond - w uncond); defaults per method in GUIDANCE_DEFAULTS
     clip_x0: str = "auto"  # ddpm/ddim: clip the predicted clean sample to [-1, 1] (diffusers' clip_sample): auto = on for image data | on | off
 
 
@@ -164,7 +168,8 @@ POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.worker
             "process.beta_min", "process.blur_max_width"}
 NON_NEGATIVE = {"train.threads", "train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
-                "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power"}
+                "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power", "model.num_classes",
+                "sample.guidance"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
 POSITIVE |= {"autoencoder.latent_dim", "autoencoder.steps", "autoencoder.batch_size", "autoencoder.lr",
              "autoencoder.log_every", "autoencoder.checkpoint_every"}
@@ -174,6 +179,9 @@ SAMPLERS = {"dmmd": ("exact", "approx", "kale"), "ddpm": ("ddpm", "ddim"), "fm":
 # 0.3 sigma_t at eta 0.02 passed every 8-Gaussians criterion); applied to model.objective = 'kale'
 # for the keys a file or --set leaves out.
 KALE_SAMPLE_DEFAULTS = {"sample.sampler": "kale", "sample.step_size": 0.02, "sample.inject": 0.3, "sample.renoise": 0.3}
+# sample.guidance per method for the files and --set that leave it out: the lowest FD-digits against
+# the training split over w in 0, 0.5, 1, 2, 4 (benchmarks/results/conditional_digits.md, docs/conditional.md)
+GUIDANCE_DEFAULTS = {"dmmd": 0.5, "fm": 0.5, "ddpm": 1.0}
 
 
 def _sections(cfg: Config):
@@ -326,6 +334,8 @@ def apply_method_defaults(cfg: Config, in_file: set[str] = frozenset(), overridd
     KALE's own flow settings for the keys --set does not give (nor the file, if it asks for KALE)."""
     if "sample.sampler" not in overridden and cfg.sample.sampler not in SAMPLERS[cfg.method]:
         cfg.sample.sampler = SAMPLERS[cfg.method][0]
+    if "sample.guidance" not in overridden | in_file:
+        cfg.sample.guidance = GUIDANCE_DEFAULTS[cfg.method]
     if cfg.model.objective == "kale":
         # a preset's flow settings are for the MMD flow unless the preset itself is a KALE one
         explicit = overridden | (in_file if "model.objective" in in_file else set())
@@ -377,6 +387,11 @@ def validate(cfg: Config) -> None:
                           "use sample.sampler = 'exact'")
     if not cfg.autoencoder.channels or min(cfg.autoencoder.channels) < 1:
         raise ConfigError(f"autoencoder.channels must be a non-empty list of positive widths, got {cfg.autoencoder.channels}")
+    if not 0 <= cfg.train.p_uncond <= 1:
+        raise ConfigError(f"train.p_uncond must be in [0, 1], got {cfg.train.p_uncond}")
+    if cfg.model.conditional and cfg.method == "dmmd" and (cfg.model.kernel != "linear" or cfg.model.objective != "mmd"):
+        raise ConfigError("model.conditional with method = 'dmmd' needs model.kernel = 'linear' and model.objective = "
+                          f"'mmd' (per-class mean features); got {cfg.model.kernel!r} and {cfg.model.objective!r}")
     if cfg.model.latent and cfg.model.backbone != "mlp":
         raise ConfigError(f"model.latent needs model.backbone = 'mlp' (latents are vectors), got {cfg.model.backbone!r}")
 

@@ -69,14 +69,15 @@ METHODS = ("ddpm", "ddim")
 class EpsMLP(nn.Module):
     """The FeatureMLP with feature_dim = prod(data_shape), its output reshaped to the input's shape."""
 
-    def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 3, time_dim: int = 128):
+    def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 3, time_dim: int = 128,
+                 num_classes: int = 0):
         super().__init__()
         self.data_shape = tuple(data_shape)
         dim = math.prod(self.data_shape)
-        self.body = FeatureMLP(dim, dim, width, depth, time_dim)
+        self.body = FeatureMLP(dim, dim, width, depth, time_dim, num_classes)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        return self.body(x, t).reshape(x.shape)
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        return (self.body(x, t) if y is None else self.body(x, t, y)).reshape(x.shape)
 
 
 def build_eps_net(model_cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
@@ -86,14 +87,17 @@ def build_eps_net(model_cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Mod
     'unet': UNet(..., head='epsilon') with DMMD's base_channels / channel_mults / num_res_blocks /
     attn_resolutions (its time embedding width is 4 * base_channels, as for DMMD).
     """
-    data_shape = tuple(data_shape)
+    from .discriminator import num_classes_of
+
+    data_shape, num_classes = tuple(data_shape), num_classes_of(model_cfg)
     if model_cfg.backbone == "mlp":
-        return EpsMLP(data_shape, model_cfg.width, model_cfg.depth, model_cfg.time_dim)
+        return EpsMLP(data_shape, model_cfg.width, model_cfg.depth, model_cfg.time_dim, num_classes)
     if model_cfg.backbone == "unet":
         if len(data_shape) != 3:
             raise ValueError(f"the unet backbone needs image data (C, H, W), got shape {data_shape}")
         return UNet(data_shape, model_cfg.base_channels, model_cfg.channel_mults, model_cfg.num_res_blocks,
-                    model_cfg.attn_resolutions, head="epsilon", feature_dim=model_cfg.feature_dim)
+                    model_cfg.attn_resolutions, head="epsilon", feature_dim=model_cfg.feature_dim,
+                    num_classes=num_classes)
     raise ValueError(f"model.backbone must be 'mlp' or 'unet', got {model_cfg.backbone!r}")
 
 
@@ -200,13 +204,13 @@ def ddim_step(eps: Tensor, x_t: Tensor, t: Tensor | float, s: Tensor | float, et
 # --------------------------------------------------------------------------------------- training
 
 
-def ddpm_loss(net: nn.Module, x0: Tensor, process: Process, generator: torch.Generator | None = None
-              ) -> tuple[Tensor, dict]:
+def ddpm_loss(net: nn.Module, x0: Tensor, process: Process, generator: torch.Generator | None = None,
+              y: Tensor | None = None) -> tuple[Tensor, dict]:
     """Epsilon-prediction loss on a batch x0 (N, ...); returns (loss, {"mse": detached loss}).
 
     Draws, in this order from `generator` on x0's device: t = t_min + (t_max - t_min) U (N,
     float64), then eps ~ N(0, I) in x0's dtype. loss = mean((net(x_t, t) - eps)^2) over batch and
-    coordinates, x_t = alpha_t x0 + sigma_t eps.
+    coordinates, x_t = alpha_t x0 + sigma_t eps. y: (N,) labels of a conditional net.
     """
     _require_vp(process)
     n = x0.shape[0]
@@ -214,28 +218,34 @@ def ddpm_loss(net: nn.Module, x0: Tensor, process: Process, generator: torch.Gen
     t = process.t_min + (process.t_max - process.t_min) * u
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = _bcast(process.alpha(t), x0) * x0 + _bcast(process.sigma(t), x0) * eps
-    loss = (net(x_t, t) - eps).square().mean()
+    loss = ((net(x_t, t) if y is None else net(x_t, t, y)) - eps).square().mean()
     return loss, {"mse": loss.detach()}
 
 
 # --------------------------------------------------------------------------------------- sampling
 
 
-def num_evaluations(num_steps: int, final_denoise: bool = True) -> int:
-    """Network evaluations (progress updates) that `sample` makes."""
-    return num_steps - 1 + int(final_denoise)
+def num_evaluations(num_steps: int, final_denoise: bool = True, repeats: int = 1) -> int:
+    """Network evaluations (progress updates) that `sample` makes; with inpainting's resampling
+    every step but the one that ends the chain runs `repeats` times."""
+    steps = num_steps - 1 + int(final_denoise)
+    return steps if steps == 0 else (steps - 1) * repeats + 1
 
 
-def _eps(net: nn.Module, x: Tensor, t: float, chunk_size: int | None) -> Tensor:
+def _eps(net: nn.Module, x: Tensor, t: float, chunk_size: int | None, y: Tensor | None = None,
+         guidance: float = 0.0) -> Tensor:
+    from .conditioning import guided_output
+
     if chunk_size is None or x.shape[0] <= chunk_size:
-        return net(x, t)
-    return torch.cat([net(x[i:i + chunk_size], t) for i in range(0, x.shape[0], chunk_size)])
+        return guided_output(net, x, t, y, guidance)
+    return torch.cat([guided_output(net, x[i:i + chunk_size], t, None if y is None else y[i:i + chunk_size], guidance)
+                      for i in range(0, x.shape[0], chunk_size)])
 
 
 def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: str = "ddpm",
            noise: ParticleNoise | None = None, progress=None, *, eta: float = 0.0,
            final_denoise: bool = True, chunk_size: int | None = None, clip: float | None = None,
-           clipped_eps: bool = False) -> Tensor:
+           clipped_eps: bool = False, known=None, y: Tensor | None = None, guidance: float = 0.0) -> Tensor:
     """Run the reverse chain from z (N, ...) drawn from the prior N(0, I) at t_max.
 
     Steps along time_grid(process, num_steps) (uniform, t_max -> t_min) with `ddpm_step` or
@@ -248,6 +258,13 @@ def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: 
     clipped_eps: DDIM's direction term uses the eps of the clipped x0 (see `ddim_step`).
     progress: anything with update(1), called after each network evaluation. chunk_size bounds the
     batch of one network call. Returns a new tensor.
+    known: inpainting (dmmd.inpaint): before each step from t, x <- known(x, t) sets the known
+    pixels to their forward-noised copy at t (RePaint's replacement); the result ends with
+    known(x, None), the known pixels exact. A hook with repeats U > 1 (RePaint's resampling) runs
+    every step but the one that ends the chain U times, with x <- known.jump(x, s, t) (the forward
+    transition back from s to t) in between.
+    y: (N,) labels for a conditional net, with classifier-free guidance
+    eps = (1 + guidance) eps(x, t, y) - guidance eps(x, t, null).
     """
     _require_vp(process)
     if method not in METHODS:
@@ -259,22 +276,30 @@ def sample(net: nn.Module, z: Tensor, process: Process, num_steps: int, method: 
         raise ValueError(f"{method} sampling{' with eta > 0' if method == 'ddim' else ''} needs a ParticleNoise")
     grid = time_grid(process, num_steps).tolist()
     x = z.detach().clone()
+    repeats = getattr(known, "repeats", 1)
     with torch.no_grad():
         for k in range(num_steps - 1):
             t, s = grid[k], grid[k + 1]
-            eps = _eps(net, x, t, chunk_size)
             last = k == num_steps - 2 and not final_denoise
-            e = noise.draw().to(device=x.device, dtype=x.dtype) if stochastic and not last else None
-            if method == "ddpm":
-                x = ddpm_step(eps, x, t, s, e, process=process, clip=clip)
-            else:
-                x = ddim_step(eps, x, t, s, eta, e, process=process, clip=clip, clipped_eps=clipped_eps)
-            if progress is not None:
-                progress.update(1)
+            for u in range(1 if last else repeats):
+                if u:  # resampling: back from s's noise to t's
+                    x = known.jump(x, s, t)
+                if known is not None:
+                    x = known(x, t)
+                eps = _eps(net, x, t, chunk_size, y, guidance)
+                e = noise.draw().to(device=x.device, dtype=x.dtype) if stochastic and not last else None
+                if method == "ddpm":
+                    x = ddpm_step(eps, x, t, s, e, process=process, clip=clip)
+                else:
+                    x = ddim_step(eps, x, t, s, eta, e, process=process, clip=clip, clipped_eps=clipped_eps)
+                if progress is not None:
+                    progress.update(1)
         if final_denoise:
-            x = predict_x0(_eps(net, x, grid[-1], chunk_size), x, grid[-1], process)
+            if known is not None:
+                x = known(x, grid[-1])
+            x = predict_x0(_eps(net, x, grid[-1], chunk_size, y, guidance), x, grid[-1], process)
             if clip is not None:
                 x = x.clamp(-clip, clip)
             if progress is not None:
                 progress.update(1)
-    return x
+    return x if known is None else known(x, None)

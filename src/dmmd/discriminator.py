@@ -55,9 +55,15 @@ class Discriminator(nn.Module):
     def feature_dim(self) -> int:
         return self.backbone.feature_dim
 
-    def features(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """phi(x, t): (N, ...) -> (N, D); t a scalar or (N,)."""
-        return self.backbone(x, t)
+    @property
+    def num_classes(self) -> int:
+        """Classes of a conditional backbone (0: unconditional)."""
+        label = getattr(self.backbone, "label", None)
+        return label.num_classes if label is not None else 0
+
+    def features(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """phi(x, t) or, conditional, phi(x, t, y): (N, ...) -> (N, D); t a scalar or (N,), y (N,) labels."""
+        return self.backbone(x, t) if y is None else self.backbone(x, t, y)
 
     def kernel(self, t: float | Tensor):
         """The base kernel K of level t (a scalar), as a function of two feature matrices."""
@@ -77,11 +83,21 @@ class Discriminator(nn.Module):
 
 def build_backbone(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
     if cfg.backbone == "mlp":
-        return FeatureMLP(math.prod(data_shape), cfg.feature_dim, cfg.width, cfg.depth, cfg.time_dim)
+        return FeatureMLP(math.prod(data_shape), cfg.feature_dim, cfg.width, cfg.depth, cfg.time_dim,
+                          num_classes_of(cfg))
     if len(data_shape) != 3:
         raise ValueError(f"the unet backbone needs image data (C, H, W), got shape {data_shape}")
     return UNet(data_shape, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks,
-                cfg.attn_resolutions, cfg.head, feature_dim=cfg.feature_dim)
+                cfg.attn_resolutions, cfg.head, feature_dim=cfg.feature_dim, num_classes=num_classes_of(cfg))
+
+
+def num_classes_of(cfg: ModelConfig) -> int:
+    """Label classes of the backbone: model.num_classes when model.conditional, else 0 (no label input)."""
+    if not cfg.conditional:
+        return 0
+    if cfg.num_classes < 1:
+        raise ValueError("model.conditional needs model.num_classes >= 1 (dmmd train sets it from the labels)")
+    return cfg.num_classes
 
 
 def build_discriminator(cfg: ModelConfig, data_shape: tuple[int, ...]) -> Discriminator:

@@ -29,17 +29,18 @@ def _bcast(t: Tensor, x: Tensor) -> Tensor:
     return t.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
 
-def fm_loss(net: nn.Module, x1: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+def fm_loss(net: nn.Module, x1: Tensor, generator: torch.Generator | None = None,
+            y: Tensor | None = None) -> tuple[Tensor, dict]:
     """Rectified-flow loss on a data batch x1 (N, ...); returns (loss, {"mse": detached loss}).
 
     Draws, in this order from `generator` on x1's device: t ~ U[0, 1] (N, float64), then
-    x0 ~ N(0, I) in x1's dtype.
+    x0 ~ N(0, I) in x1's dtype. y: (N,) labels of a conditional net.
     """
     t = torch.rand(x1.shape[0], generator=generator, device=x1.device, dtype=torch.float64)
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
     tb = _bcast(t, x1)
     x_t = (1 - tb) * x0 + tb * x1
-    loss = (net(x_t, t) - (x1 - x0)).square().mean()
+    loss = ((net(x_t, t) if y is None else net(x_t, t, y)) - (x1 - x0)).square().mean()
     return loss, {"mse": loss.detach()}
 
 
@@ -50,10 +51,11 @@ def num_steps(nfe: int, method: str) -> int:
     return nfe if method == "euler" else max(1, (nfe + 1) // 2)
 
 
-def num_evaluations(nfe: int, method: str) -> int:
-    """Network evaluations `sample` makes for a budget of nfe (Heun: 2 S - 1 <= nfe)."""
+def num_evaluations(nfe: int, method: str, repeats: int = 1) -> int:
+    """Network evaluations `sample` makes for a budget of nfe (Heun: 2 S - 1 <= nfe); with
+    inpainting's resampling every step but the last runs `repeats` times."""
     steps = num_steps(nfe, method)
-    return steps if method == "euler" else 2 * steps - 1
+    return (steps - 1) * (1 if method == "euler" else 2) * repeats + 1
 
 
 def euler_step(v: Tensor, x: Tensor, h: float) -> Tensor:
@@ -66,18 +68,28 @@ def heun_step(net: nn.Module, x: Tensor, v: Tensor, t_next: float, h: float) -> 
     return x + 0.5 * h * (v + net(x_pred, t_next))
 
 
-def _velocity(net: nn.Module, x: Tensor, t: float, chunk_size: int | None) -> Tensor:
+def _velocity(net: nn.Module, x: Tensor, t: float, chunk_size: int | None, y: Tensor | None = None,
+              guidance: float = 0.0) -> Tensor:
+    from .conditioning import guided_output
+
     if chunk_size is None or x.shape[0] <= chunk_size:
-        return net(x, t)
-    return torch.cat([net(x[i:i + chunk_size], t) for i in range(0, x.shape[0], chunk_size)])
+        return guided_output(net, x, t, y, guidance)
+    return torch.cat([guided_output(net, x[i:i + chunk_size], t, None if y is None else y[i:i + chunk_size], guidance)
+                      for i in range(0, x.shape[0], chunk_size)])
 
 
 @torch.no_grad()
 def sample(net: nn.Module, z: Tensor, nfe: int, method: str = "euler", progress=None,
-           chunk_size: int | None = None) -> Tensor:
+           chunk_size: int | None = None, known=None, y: Tensor | None = None, guidance: float = 0.0) -> Tensor:
     """Integrate from noise z (N, ...) at t = 0 to t = 1 with at most nfe network evaluations.
 
     progress: anything with update(1), called after each network evaluation. Returns a new tensor.
+    known: inpainting (dmmd.inpaint): every evaluation at time t sees known(x, t), the known
+    pixels on their path at t; the result ends with known(x, None), the known pixels exact.
+    A hook with repeats U > 1 (RePaint's resampling) runs every step but the last U times, with
+    x <- known.jump(x, t_next, t) (the forward transition back to t) in between.
+    y: (N,) labels for a conditional net, with classifier-free guidance
+    v = (1 + guidance) v(x, t, y) - guidance v(x, t, null).
     """
     if method not in SAMPLERS:
         raise ValueError(f"method must be one of {', '.join(SAMPLERS)}, got {method!r}")
@@ -85,18 +97,26 @@ def sample(net: nn.Module, z: Tensor, nfe: int, method: str = "euler", progress=
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     steps = num_steps(nfe, method)
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-    net_c = (lambda x, t: _velocity(net, x, t, chunk_size))
+    net_c = (lambda x, t: _velocity(net, x, t, chunk_size, y, guidance))
+    if known is not None:  # the Heun corrector's point gets its known pixels at t_next too
+        net_c = (lambda x, t: _velocity(net, known(x, t), t, chunk_size, y, guidance))
     x = z.detach().clone()
+    repeats = getattr(known, "repeats", 1)
     for k in range(steps):
         t, t_next = grid[k], grid[k + 1]
         h = t_next - t
-        v = net_c(x, t)
-        if progress is not None:
-            progress.update(1)
-        if method == "heun" and k < steps - 1:
-            x = heun_step(net_c, x, v, t_next, h)
+        for u in range(repeats if k < steps - 1 else 1):
+            if u:  # resampling: back from t_next's noise to t's
+                x = known.jump(x, t_next, t)
+            if known is not None:
+                x = known(x, t)
+            v = net_c(x, t)
             if progress is not None:
                 progress.update(1)
-        else:
-            x = euler_step(v, x, h)
-    return x
+            if method == "heun" and k < steps - 1:
+                x = heun_step(net_c, x, v, t_next, h)
+                if progress is not None:
+                    progress.update(1)
+            else:
+                x = euler_step(v, x, h)
+    return x if known is None else known(x, None)

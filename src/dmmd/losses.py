@@ -46,13 +46,18 @@ def gp_rows_per_rank(local: int, gp_fraction: float) -> int:
 
 def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
               lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
-              ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0) -> tuple[Tensor, dict]:
+              ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0,
+              y: Tensor | None = None, y_prime: Tensor | None = None) -> tuple[Tensor, dict]:
     """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
     kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss.
 
     gp_scale multiplies lambda_gp; gp_scale = 0 leaves the penalty out (no 'gp' term): nothing
     of it is computed, though the interpolation weights are still drawn, so the generator's
-    stream is the same on steps with and without the penalty."""
+    stream is the same on steps with and without the penalty.
+
+    y, y_prime: (B,) labels of x and x' for a conditional discriminator (SPEC 10): both sides are
+    featurised with their row's own label, phi(x, t, y) and phi(corrupt(x', t), t, y'), a linear-
+    kernel MMD on the pairs (x, y); the interpolates take the clean row's label."""
     if gp_scale < 0:
         raise ValueError(f"gp_scale must be >= 0, got {gp_scale}")
     num_levels, batch = t_levels.shape[0], x.shape[0]
@@ -64,20 +69,28 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
     r = torch.rand(xs.shape[0], generator=generator, device=x.device, dtype=x.dtype)
     r = r.view(-1, *([1] * (x.ndim - 1)))
     u = r * xs + (1 - r) * ys
+    conditional = y is not None
+    if conditional:
+        ya, yb = _repeat(y, num_levels), _repeat(y_prime, num_levels)
     local = batch // ctx.world_size
     if ctx.active:  # this rank's rows of every level block
         lo = ctx.rank * local
         rows = torch.cat([torch.arange(j * batch + lo, j * batch + lo + local) for j in range(num_levels)])
         xs, ys, u, t = xs[rows], ys[rows], u[rows], t[rows]
-    a_loc, b_loc = disc.features(torch.cat([xs, ys]), torch.cat([t, t])).view(2, num_levels, local, -1).unbind(0)
+        if conditional:
+            ya, yb = ya[rows.to(ya.device)], yb[rows.to(yb.device)]
+    labels = dict(y=torch.cat([ya, yb])) if conditional else {}
+    a_loc, b_loc = disc.features(torch.cat([xs, ys]), torch.cat([t, t]), **labels).view(2, num_levels, local, -1).unbind(0)
     a, b = gather_rows(a_loc, 1, ctx), gather_rows(b_loc, 1, ctx)  # (L, B, D)
     gp_rows, penalise = gp_rows_per_rank(local, gp_fraction), gp_scale > 0
     if gp_rows < local:  # the penalty on the first gp_rows interpolates of every level block
         keep = (torch.arange(num_levels).view(-1, 1) * local + torch.arange(gp_rows).view(1, -1)).flatten()
         u, t = u[keep.to(u.device)], t[keep.to(t.device)]
+        if conditional:
+            ya = ya[keep.to(ya.device)]
     if penalise:
         u = u.detach().requires_grad_(True)
-        fu = disc.features(u, t).view(num_levels, gp_rows, -1)  # (L, gp_rows, D)
+        fu = disc.features(u, t, **(dict(y=ya) if conditional else {})).view(num_levels, gp_rows, -1)  # (L, gp_rows, D)
 
     if disc.objective == "kale":
         h_a, h_b = (disc.critic_value(f.reshape(-1, f.shape[-1])).view(num_levels, -1) for f in (a, b))

@@ -76,9 +76,14 @@ def replay_trajectory(disc: Discriminator, process: Process, settings: FlowSetti
 
 
 def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process, stats: dict | None = None,
-              settings: FlowSettings | None = None, progress=None) -> dict:
-    """Level statistics (if the grid changed) and, for the linear kernel, a replay for `settings`."""
+              settings: FlowSettings | None = None, progress=None, labels: Tensor | None = None) -> dict:
+    """Level statistics (if the grid changed) and, for the linear kernel, a replay for `settings`.
+    A conditional model (labels: the training rows' classes) gets per-class ones (dmmd.conditional)."""
     settings = settings or flow_settings(cfg.sample)
+    if getattr(disc, "num_classes", 0):
+        from . import conditional
+
+        return conditional.calibrate(disc, cfg, train, labels, process, stats, settings, progress)
     stats = dict(stats or {})
     if disc.objective == "kale":
         return stats
@@ -160,6 +165,10 @@ def needs_calibration(disc: Discriminator, cfg: Config, stats: dict) -> bool:
     s, settings = cfg.sample, flow_settings(cfg.sample)
     if cfg.method != "dmmd" or s.sampler == "kale" or disc.objective == "kale" or disc.kernel_name != "linear":
         return False
+    if disc.num_classes:
+        from . import conditional
+
+        return conditional.needs_calibration(cfg, stats, settings)
     if stats.get("grid") != grid_tag(settings):
         return True
     return s.sampler == "approx" and s.reading == "replay" and settings.tag() not in stats.get("replay", {})
@@ -182,6 +191,13 @@ def check_sampler(disc: Discriminator, cfg: Config, stats: dict, reference: Tens
                               f"{disc.kernel_name!r}: use --sampler exact")
     if s.sampler == "kale":
         return
+    if disc.num_classes:
+        from . import conditional
+
+        problem = conditional.missing(cfg, stats, settings)
+        if problem:
+            raise SamplerMismatch(problem)
+        return
     if disc.kernel_name == "linear" and stats.get("grid") != grid_tag(settings):
         raise SamplerMismatch(f"the checkpoint has no level statistics for {grid_tag(settings)} (it has "
                               f"{stats.get('grid')}); make them with `dmmd calibrate --checkpoint RUN` and the "
@@ -194,40 +210,63 @@ def check_sampler(disc: Discriminator, cfg: Config, stats: dict, reference: Tens
         raise SamplerMismatch("the exact sampler with a non-linear kernel needs reference data (data.* in the config)")
 
 
+def _guide(labels: Tensor | None, s: SampleConfig, device) -> dict:
+    """The label and guidance keywords of the DDPM and flow-matching samplers."""
+    return {} if labels is None else {"y": labels.to(device), "guidance": s.guidance}
+
+
 def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shape: tuple[int, ...],
            num_samples: int, seed: int, reference: Tensor | None = None, start: int = 0,
-           device: str | torch.device = "cpu", progress=None) -> Tensor:
-    """Draw num_samples particles with the sampler named in cfg.sample (in model space)."""
+           device: str | torch.device = "cpu", progress=None, known=None, labels: Tensor | None = None) -> Tensor:
+    """Draw num_samples particles with the sampler named in cfg.sample (in model space).
+
+    labels: (num_samples,) classes for a conditional model (None: unconditional, the null label),
+    guided with sample.guidance (dmmd.conditional for DMMD; classifier-free guidance otherwise).
+
+    known: inpainting, a function (noise, z0) -> replacement hook for these particles
+    (`dmmd.inpaint.replacement_for`); None samples unconditionally."""
     check_sampler(disc, cfg, stats, reference)
+    if labels is not None:
+        from .conditional import model_classes
+
+        if not model_classes(disc) or len(labels) != num_samples:
+            raise ValueError(f"labels need a conditional model and one label per sample; got {len(labels)} labels for "
+                             f"{num_samples} samples of a model with {model_classes(disc)} classes")
     s, settings = cfg.sample, flow_settings(cfg.sample)
     noise = ParticleNoise(seed, num_samples, shape, start=start, device=device)
     z0 = noise.prior(process)
+    hook = None if known is None else known(noise, z0)
     if cfg.method == "fm":  # the prior N(0, I) at t = 0 of the rectified flow
         from . import flow_matching
 
-        return flow_matching.sample(disc, z0, s.num_steps, s.sampler, progress, chunk_size=s.chunk_size)
+        return flow_matching.sample(disc, z0, s.num_steps, s.sampler, progress, chunk_size=s.chunk_size, known=hook,
+                                    **_guide(labels, s, device))
     if cfg.method == "ddpm":
         from . import ddpm
 
         return ddpm.sample(disc, z0, process, s.num_steps, s.sampler, noise, progress,
                            eta=s.ddim_eta if s.sampler == "ddim" else 0.0, chunk_size=s.chunk_size,
-                           clip=clip_range(cfg), clipped_eps=s.ddim_clipped_eps)
+                           clip=clip_range(cfg), clipped_eps=s.ddim_clipped_eps, known=hook, **_guide(labels, s, device))
+    if disc.num_classes:
+        from . import conditional
+
+        return conditional.sample(disc, cfg, stats, process, z0, labels, settings, noise, progress, known=hook)
     grid = time_grid(process, settings.num_levels, settings.grid)
     if s.sampler == "kale":
-        return kale_flow(disc, z0, grid, settings, process, noise, progress)
+        return kale_flow(disc, z0, grid, settings, process, noise, progress, known=hook)
     if s.sampler == "approx":
         particle_term = {"own": None, "data_noised": stats["noised_mean"]}.get(s.reading)
         if s.reading == "replay":
             particle_term = stats["replay"][settings.tag()]
         return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], particle_term,
-                           per_step=s.reading == "replay", noise=noise, progress=progress)
+                           per_step=s.reading == "replay", noise=noise, progress=progress, known=hook)
     if disc.kernel_name == "linear":
         ref = stats["data_mean"]
     else:
         ref = level_features(disc, reference, grid, reduce_mean=False)
         if s.kernel_step_size > 0:  # pairwise repulsion needs its own step size (SPEC 8)
             settings = replace(settings, step_size=s.kernel_step_size)
-    out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress)
+    out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress, known=hook)
     return out
 
 

@@ -136,12 +136,18 @@ class FlowSettings:
 Term = Callable[[Tensor, int, int, Tensor | None, slice], Tensor]
 
 
-def _population_features(disc, z, t, chunk_size) -> Tensor:
+def _features(disc, z: Tensor, t, labels: Tensor | None = None) -> Tensor:
+    """phi(z, t), or phi(z, t, y) with the particles' labels (a conditional discriminator)."""
+    return disc.features(z, t) if labels is None else disc.features(z, t, labels)
+
+
+def _population_features(disc, z, t, chunk_size, labels: Tensor | None = None) -> Tensor:
     with torch.no_grad():
-        return torch.cat([disc.features(z[i:i + chunk_size], t) for i in range(0, z.shape[0], chunk_size)])
+        return torch.cat([_features(disc, z[i:i + chunk_size], t, None if labels is None else labels[i:i + chunk_size])
+                          for i in range(0, z.shape[0], chunk_size)])
 
 
-def _features_and_graph_bytes(disc: torch.nn.Module, z: Tensor, t) -> tuple[Tensor, int]:
+def _features_and_graph_bytes(disc: torch.nn.Module, z: Tensor, t, labels: Tensor | None = None) -> tuple[Tensor, int]:
     """phi(z, t) with its graph, and the bytes of the tensors that graph saves for backward (each
     storage once; z's storage and the model's parameters and buffers, held anyway, excluded)."""
     own = {p.untyped_storage().data_ptr() for p in [z, *disc.parameters(), *disc.buffers()]}
@@ -154,7 +160,7 @@ def _features_and_graph_bytes(disc: torch.nn.Module, z: Tensor, t) -> tuple[Tens
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        feats = disc.features(z, t)
+        feats = _features(disc, z, t, labels)
     return feats, sum(seen.values())
 
 
@@ -168,37 +174,54 @@ def _move(term: Term, feats: Tensor, zc: Tensor, k: int, step: int, pop: Tensor 
 
 def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSettings, process: Process,
              term: Term, noise: ParticleNoise | None = None, needs_population: bool = False,
-             record: Callable[[int, Tensor], None] | None = None, progress=None) -> Tensor:
+             record: Callable[[int, Tensor], None] | None = None, progress=None,
+             known: Callable[[Tensor, float | None], Tensor] | None = None,
+             labels: Tensor | None = None) -> Tensor:
     """The shared loop of every flow; returns the final particles (a new tensor).
+
+    labels: (N,) class labels of the particles for a conditional discriminator: particle i's
+    features are phi(z_i, t, labels_i) (dmmd.conditional); None: phi(z, t).
 
     needs_population: the term reads the population's features (detached, (N, D)). Every chunk
     is then forwarded with its graph kept, the population assembled, and the chunks moved; or,
-    above settings.graph_budget_mb of kept graphs, the population comes from a no-grad pass."""
+    above settings.graph_budget_mb of kept graphs, the population comes from a no-grad pass.
+    known: inpainting (dmmd.inpaint): before every step at level t, z <- known(z, t) sets the
+    known pixels to their noised copy at t, so only the unknown pixels move; at the end
+    known(z, None) sets them to the clean data. None: the unconditional flow, unchanged."""
     z = z.detach().clone()
     n, step = z.shape[0], 0
     chunks = [slice(i, min(i + settings.chunk_size, n)) for i in range(0, n, settings.chunk_size)]
     # keep every chunk's graph until the population is known: decided on the first chunk (None)
     keep = True if len(chunks) == 1 else None
+    chunk_labels = (lambda chunk: None) if labels is None else (lambda chunk: labels[chunk])
     if (settings.inject or settings.renoise) and noise is None:
         raise ValueError("noise in the flow (inject or renoise > 0) needs a ParticleNoise source")
-    for k, t in enumerate(grid.tolist()):
+    # inpainting's resampling (RePaint): every level but the last is run `repeats` times, jumping
+    # back from the next level's noise to this one's in between (known.jump)
+    repeats = getattr(known, "repeats", 1)
+    schedule = [(k, t, u) for k, t in enumerate(grid.tolist()) for u in range(repeats if k < len(grid) - 1 else 1)]
+    for k, t, u in schedule:
+        if u:  # a repeat replays the level's steps (and their stored replay means)
+            step -= settings.steps_per_level
         sigma = float(process.noise_scale(torch.tensor(t)))
         for _ in range(settings.steps_per_level):
+            if known is not None:
+                z = known(z, t)
             z_eval = z + settings.inject * sigma * noise.draw() if settings.inject else z
             pop = None
             if needs_population and keep is False:
-                pop = _population_features(disc, z_eval, t, settings.chunk_size)
+                pop = _population_features(disc, z_eval, t, settings.chunk_size, labels)
             new_z, held = torch.empty_like(z), []
             for chunk in chunks:
                 zc = z_eval[chunk].detach().requires_grad_(True)
                 with torch.enable_grad():
                     if needs_population and keep is None:
-                        feats, graph_bytes = _features_and_graph_bytes(disc, zc, t)
+                        feats, graph_bytes = _features_and_graph_bytes(disc, zc, t, chunk_labels(chunk))
                         keep = graph_bytes * n / zc.shape[0] <= settings.graph_budget_mb * 2**20
                         if not keep:
-                            pop = _population_features(disc, z_eval, t, settings.chunk_size)
+                            pop = _population_features(disc, z_eval, t, settings.chunk_size, labels)
                     else:
-                        feats = disc.features(zc, t)
+                        feats = _features(disc, zc, t, chunk_labels(chunk))
                 if needs_population and pop is None:
                     held.append((chunk, zc, feats))
                     continue
@@ -216,9 +239,11 @@ def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSetting
             step += 1
             if progress is not None:
                 progress.update(1)
-        if settings.renoise and k < len(grid) - 1:
+        if u < repeats - 1 and k < len(grid) - 1:
+            z = known.jump(z, float(grid[k + 1]), t)
+        elif settings.renoise and k < len(grid) - 1:
             z = z + settings.renoise * sigma * noise.draw()
-    return z
+    return z if known is None else known(z, None)
 
 
 def exact_term(disc: Discriminator, grid: Tensor, reference: Tensor, leave_one_out: bool = False) -> Term:
@@ -270,27 +295,28 @@ def kale_term(disc: Discriminator) -> Term:
     return term
 
 
-def exact_flow(disc, z, grid, settings, process, reference, noise=None, record_means=False, progress=None):
+def exact_flow(disc, z, grid, settings, process, reference, noise=None, record_means=False, progress=None,
+               known=None):
     """Exact flow; returns (particles, (T N_s, D) particle means per step or None)."""
     means: list[Tensor] = []
     record = (lambda step, m: means.append(m)) if record_means else None
     out = run_flow(disc, z, grid, settings, process, exact_term(disc, grid, reference, settings.leave_one_out),
-                   noise, needs_population=True, record=record, progress=progress)
+                   noise, needs_population=True, record=record, progress=progress, known=known)
     return out, (torch.stack(means) if record_means else None)
 
 
 def approx_flow(disc, z, grid, settings, process, data_mean, particle_mean=None, per_step=False,
-                noise=None, progress=None):
+                noise=None, progress=None, known=None):
     """Approximate (population-free) flow for the linear kernel: readings (a), (b) or (c)."""
     if disc.kernel_name != "linear":
         raise ValueError(f"the approximate sampler needs the linear kernel, this model uses {disc.kernel_name!r}")
     return run_flow(disc, z, grid, settings, process, mean_term(data_mean, particle_mean, per_step),
-                    noise, progress=progress)
+                    noise, progress=progress, known=known)
 
 
-def kale_flow(disc, z, grid, settings, process, noise=None, progress=None):
+def kale_flow(disc, z, grid, settings, process, noise=None, progress=None, known=None):
     """Particles ascend the KALE critic h(., t) on the same annealed schedule."""
-    return run_flow(disc, z, grid, settings, process, kale_term(disc), noise, progress=progress)
+    return run_flow(disc, z, grid, settings, process, kale_term(disc), noise, progress=progress, known=known)
 
 
 def level_features(disc: Discriminator, x: Tensor, grid: Tensor, batch_size: int = 1024,

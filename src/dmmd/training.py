@@ -22,6 +22,7 @@ from .device import as_layout, prepare_model, thread_guard
 from .pipeline import build_model
 from .distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
 from .ddpm import ddpm_loss
+from .conditioning import drop_labels
 from .flow_matching import fm_loss
 from .losses import dmmd_loss
 from .pipeline import build_process, calibrate
@@ -134,26 +135,33 @@ def _batch(source, idx: torch.Tensor, step: int) -> torch.Tensor:
     return source.batch(idx.cpu(), step, idx.device)
 
 
-def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context()) -> dict:
+def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context(),
+               labels: torch.Tensor | None = None) -> dict:
     """One step of Algorithm 1; returns the loss terms as floats (skipped: {'skipped': term}).
 
-    Under data parallelism every rank draws the same global batch and holds the same weights."""
+    Under data parallelism every rank draws the same global batch and holds the same weights.
+    labels: (N,) class labels of train_data for a conditional model; a share train.p_uncond of the
+    batch's rows gets the null label, drawn from the training generator right after the indices."""
     tc, gen = cfg.train, state.generator
     baseline = cfg.method != "dmmd"  # DDPM and flow matching: one batch, a regression loss
     idx = torch.randint(0, len(train_data), ((1 if baseline else 2) * tc.batch_size,), generator=gen, device=gen.device)
     batch = as_layout(_batch(train_data, idx, state.step), tc.channels_last)
+    y = None
+    if labels is not None:
+        y = drop_labels(labels[idx.to(labels.device)].to(gen.device), cfg.model.num_classes, tc.p_uncond, gen)
     with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
         if cfg.method == "ddpm":
-            loss, terms = ddpm_loss(state.model, batch, process, gen)
+            loss, terms = ddpm_loss(state.model, batch, process, gen, y=y)
         elif cfg.method == "fm":
-            loss, terms = fm_loss(state.model, batch, gen)
+            loss, terms = fm_loss(state.model, batch, gen, y=y)
         else:
+            pair = dict(y=y[: tc.batch_size], y_prime=y[tc.batch_size:]) if y is not None else {}
             x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
             lazy = tc.gp_every if (state.step + 1) % tc.gp_every == 0 else 0  # train.gp_every: steps k, 2k, ...
             loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
-                                    tc.gp_fraction, gp_scale=lazy)
+                                    tc.gp_fraction, gp_scale=lazy, **pair)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
@@ -182,22 +190,26 @@ VAL_BATCH = 256  # held-out rows per set, at most train.batch_size (DMMD: two di
 VAL_SEED = 12345  # the held-out loss draws from its own generator: training's stream is untouched
 
 
-def validation_loss(model: torch.nn.Module, val_data: torch.Tensor, process, cfg: Config) -> float:
+def validation_loss(model: torch.nn.Module, val_data: torch.Tensor, process, cfg: Config,
+                    val_labels: torch.Tensor | None = None) -> float:
     """Algorithm 1's loss (DMMD), the epsilon loss (DDPM) or the velocity loss (flow matching) of
     `model` on held-out data, with fixed levels and a fixed seed, so that values at different steps
-    compare (lower is better)."""
+    compare (lower is better). val_labels: the rows' labels (conditional models; none dropped)."""
     gen = torch.Generator(device=val_data.device).manual_seed(VAL_SEED)
     if cfg.method in ("ddpm", "fm"):
+        y = None if val_labels is None else val_labels[:VAL_BATCH]
         with torch.no_grad():
             if cfg.method == "fm":
-                return float(fm_loss(model, val_data[:VAL_BATCH], gen)[0])
-            return float(ddpm_loss(model, val_data[:VAL_BATCH], process, gen)[0])
+                return float(fm_loss(model, val_data[:VAL_BATCH], gen, y=y)[0])
+            return float(ddpm_loss(model, val_data[:VAL_BATCH], process, gen, y=y)[0])
     half = min(VAL_BATCH, cfg.train.batch_size, len(val_data) // 2)
     x, x_prime = val_data[:half], val_data[half:2 * half]
+    pair = {} if val_labels is None else dict(y=val_labels[:half], y_prime=val_labels[half:2 * half])
     levels = process.t_min + (process.t_max - process.t_min) * (torch.arange(VAL_LEVELS, dtype=torch.float64) + 0.5) / VAL_LEVELS
     total = 0.0
     for j in range(VAL_LEVELS):  # one level at a time: memory stays below a training step's
-        loss, _ = dmmd_loss(model, x, x_prime, levels[j:j + 1], process, cfg.train.lambda_gp, cfg.train.lambda_l2, gen)
+        loss, _ = dmmd_loss(model, x, x_prime, levels[j:j + 1], process, cfg.train.lambda_gp, cfg.train.lambda_l2, gen,
+                            **pair)
         total += float(loss.detach())
     return total / VAL_LEVELS
 
@@ -226,7 +238,8 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path, final: bool =
 
 def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bool = False,
           progress: bool = True, echo=None, stream=None, val_data: torch.Tensor | None = None,
-          max_seconds: float | None = None, clock=time.time) -> TrainState:
+          max_seconds: float | None = None, clock=time.time, labels: torch.Tensor | None = None,
+          val_labels: torch.Tensor | None = None) -> TrainState:
     """Run Algorithm 1 for cfg.train.steps, checkpointing into run_dir; returns the final state.
 
     train_data: the training set in memory; with `stream` (a disk-backed data set) batches are read
@@ -235,18 +248,25 @@ def train(cfg: Config, train_data: torch.Tensor, run_dir: str | Path, resume: bo
     every checkpoint, logged, and the lowest one's checkpoint kept as checkpoints/best.pt.
     clock: what max_seconds counts (time.time: wall-clock; time.process_time: CPU time, the fair
     budget on a shared machine).
+    labels, val_labels: (N,) class labels of train_data and val_data; needed by model.conditional.
     max_seconds: stop (with the final checkpoint) once this much clock time has passed, even
     before cfg.train.steps (equal-time budgets in `dmmd compare`; not exact-resume material)."""
     single = int(os.environ.get("WORLD_SIZE", "1")) <= 1  # ranks must stop at the same step: signals act as usual
     # also one thread when torch's OpenMP threads would spin; SIGTERM/SIGINT stop at a step boundary
     with thread_guard(cfg.train.threads), stop_signals(enabled=single):
-        return _train(cfg, train_data, Path(run_dir), resume, progress, echo, stream, val_data, max_seconds, clock)
+        return _train(cfg, train_data, Path(run_dir), resume, progress, echo, stream, val_data, max_seconds, clock,
+                      labels, val_labels)
 
 
 def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, progress: bool, echo, stream,
-           val_data: torch.Tensor | None, max_seconds: float | None, clock=time.time) -> TrainState:
+           val_data: torch.Tensor | None, max_seconds: float | None, clock=time.time,
+           labels: torch.Tensor | None = None, val_labels: torch.Tensor | None = None) -> TrainState:
     from tqdm.auto import tqdm
 
+    if cfg.model.conditional and labels is None:
+        raise ValueError("model.conditional needs the training data's labels")
+    if not cfg.model.conditional:
+        labels = val_labels = None
     ctx = init_from_env(cfg.train.device)
     if ctx.active and cfg.method != "dmmd":
         raise ValueError("multi-process training is implemented for method = 'dmmd' only")
@@ -257,6 +277,7 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
     barrier(ctx)
     device = ctx.device
     data = train_data.to(device)
+    labels = labels.to(device) if labels is not None else None
     source = data if stream is None else StreamSource(stream, cfg.data.workers)
     process = build_process(cfg.process)
     state = new_state(cfg, tuple(data.shape[1:]), device)
@@ -284,8 +305,10 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
                  f"{sum(p.numel() for p in state.model.parameters())} parameters, {ctx.world_size} process(es) on {device}")
     log.start(state.step)  # metrics after a resumed checkpoint are dropped; elapsed_s continues
     val = None
+    val_y = None
     if cfg.train.best_by == "val_loss" and val_data is not None and len(val_data) >= 4:
         val = val_data.to(device)
+        val_y = val_labels.to(device) if val_labels is not None else None
     elif cfg.train.best_by == "val_loss" and not resume:
         log.line("no held-out data (at least 4 rows): best.pt is not kept")
 
@@ -293,7 +316,7 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         log.preview(state.step, state.ema.module, cfg, data)  # a TensorBoard sample grid, when installed
         if val is None:
             return None
-        value = validation_loss(state.ema.module, val, process, cfg)
+        value = validation_loss(state.ema.module, val, process, cfg, val_y)
         log.val(state.step, value)
         return value
 
@@ -306,7 +329,7 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         if max_seconds is not None and clock() - budget_start >= max_seconds:
             log.line(f"time budget of {max_seconds:.1f} s reached at step {state.step}")
             break
-        record = train_step(state, source, process, cfg, ctx)
+        record = train_step(state, source, process, cfg, ctx, labels)
         bar.update(1)
         if "skipped" in record:
             log.line(f"step {state.step}: skipped (non-finite {record['skipped']})")
@@ -322,7 +345,7 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         if cfg.method == "dmmd":
             # fresh: statistics restored on resume belong to older weights (reusing their level means
             # made the replay of a resumed run drive particles with a stale mu_data: FD-digits 944)
-            state.stats = calibrate(state.ema.module, cfg, data, process, None)
+            state.stats = calibrate(state.ema.module, cfg, data, process, None, labels=labels)
         path = save_checkpoint(state, cfg, run_dir, final=True, val_loss=held_out(state, log))
         log.line(f"done at step {state.step} in {time.time() - started:.1f} s; checkpoint {path}")
     log.close()

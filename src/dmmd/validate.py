@@ -153,7 +153,32 @@ def check_stats(stats, path, method: str = "dmmd", feature_dim: int | None = Non
         _matrix(tensor, f"replay {tag[:40]!r}", path, None, feature_dim)
     if "replay" in stats and "data_mean" not in stats:
         raise _fail(path, "stats hold a replay without the level means it was made with")
+    _check_class_stats(stats, path, feature_dim)
     return stats
+
+
+def _check_class_stats(stats: dict, path, feature_dim: int | None) -> None:
+    """A conditional model's statistics (dmmd.conditional.calibrate): 'class_grid', a (T, C + 1, D)
+    'class_data_mean' and 'class_replay' tensors of (steps, C + 1, D)."""
+    if "class_data_mean" not in stats and "class_replay" not in stats:
+        return
+    if not isinstance(stats.get("class_grid"), str) or "class_data_mean" not in stats:
+        raise _fail(path, "stats hold class statistics without their 'class_grid' tag or 'class_data_mean'")
+    replay = stats.get("class_replay", {})
+    if not isinstance(replay, dict) or not all(isinstance(k, str) for k in replay):
+        raise _fail(path, f"stats 'class_replay' must be a dict of tensors by setting tag, found {_kind(replay)}")
+    groups = None
+    for what, value in [("class_data_mean", stats["class_data_mean"]), *((f"class replay {k[:40]!r}", v)
+                                                                           for k, v in replay.items())]:
+        if not isinstance(value, torch.Tensor) or value.ndim != 3 or not value.is_floating_point():
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else _kind(value)
+            raise _fail(path, f"stats {what} must be a 3-D float tensor (steps, classes + 1, features), found {shape}")
+        groups = value.shape[1] if groups is None else groups
+        if value.shape[1] != groups or (feature_dim is not None and value.shape[2] != feature_dim):
+            raise _fail(path, f"stats {what} has shape {tuple(value.shape)}; expected (steps, {groups}, "
+                              f"{feature_dim or 'features'})")
+        if not torch.isfinite(value).all():
+            raise _fail(path, f"stats {what} contains NaN or Inf values")
 
 
 def _matrix(value, what: str, path, rows: int | None, cols: int | None) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
-from .files import (DataError, MissingFileError, check_label_count, load_cifar10, load_mnist, load_mnist_labels,
-                    load_mnist_with_labels)
+from .files import (DataError, MissingFileError, check_label_count, load_cifar10, load_cifar10_labels, load_mnist,
+                    load_mnist_labels, load_mnist_with_labels)
 from .toys import TOYS
 
 __all__ = ["DataError", "Dataset", "from_data_space", "load_dataset", "load_digits", "load_toy", "read_array",
@@ -108,7 +108,30 @@ def load_array_dataset(path: str | Path) -> Dataset:
     perm = torch.from_numpy(np.random.RandomState(0).permutation(len(x)))
     n_test = max(2, len(x) // 10)
     x = x[perm]
-    return Dataset(x[n_test:], x[:n_test], "points" if x.ndim == 2 else "image", "file")
+    y = read_labels(path, len(x))  # an integer array "y" beside "x" (class-conditional models)
+    y = y[perm] if y is not None else None
+    return Dataset(x[n_test:], x[:n_test], "points" if x.ndim == 2 else "image", "file",
+                   None if y is None else y[n_test:], None if y is None else y[:n_test])
+
+
+def read_labels(path: str | Path, num_rows: int) -> Tensor | None:
+    """The integer class labels (N,) stored as array "y" of an .npz data file, or None (no "y")."""
+    if not str(path).endswith(".npz"):
+        return None
+    with np.load(path, allow_pickle=False) as loaded:
+        if "y" not in loaded.files:
+            return None
+        try:
+            y = loaded["y"]
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(f"{path}: array 'y' is unreadable: {err}") from None
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)) or y.ndim != 1:
+        raise DataError(f"{path}: labels 'y' must be a 1-D integer array, found {y.dtype} of shape {y.shape}")
+    if len(y) != num_rows:
+        raise DataError(f"{path}: {num_rows} rows in 'x' but {len(y)} labels in 'y'")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{path}: labels 'y' must be >= 0, found {int(y.min())}")
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def check_finite(x: Tensor, what: str) -> Tensor:
@@ -198,6 +221,7 @@ def _load_files(cfg: DataConfig) -> Dataset:
     if cfg.name == "mnist":
         return load_mnist_dataset(cfg.root)
     if cfg.name == "cifar10":
-        return Dataset(load_cifar10(cfg.root, "train"), load_cifar10(cfg.root, "test"), "image", "cifar10")
+        return Dataset(load_cifar10(cfg.root, "train"), load_cifar10(cfg.root, "test"), "image", "cifar10",
+                       load_cifar10_labels(cfg.root, "train"), load_cifar10_labels(cfg.root, "test"))
     raise DataError(f"data set {cfg.name!r} streams from a folder; in-memory loading supports digits, toys, mnist, "
                     "fashion_mnist, cifar10")

@@ -240,6 +240,25 @@ def load_cifar10(root: str | Path, split: str = "train") -> Tensor:
     return _to_unit_range(np.concatenate(parts))
 
 
+def load_cifar10_labels(root: str | Path, split: str = "train") -> Tensor:
+    """CIFAR-10 class labels 0..9 as int64 (N,), from the same batches as `load_cifar10`."""
+    _check_split(split, _CIFAR_FILES)
+    parts = []
+    for name in _CIFAR_FILES[split]:
+        path = _find(root, name, (".", "cifar-10-batches-py"), gz=False)
+        batch = _unpickle(path)
+        n = len(_cifar_pixels(path, batch))
+        labels = batch.get(b"labels", batch.get("labels"))
+        try:
+            labels = np.asarray(labels, dtype=np.int64).reshape(n)
+        except (TypeError, ValueError):
+            raise _fail(path, f"expected {n} integer labels, found {type(labels).__name__}") from None
+        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise _fail(path, f"expected labels 0..{NUM_CLASSES - 1}, found {int(labels.min())}..{int(labels.max())}")
+        parts.append(labels)
+    return torch.from_numpy(np.concatenate(parts))
+
+
 # ----------------------------------------------------------------------------- image folders
 def _list_images(root: Path) -> list[str]:
     """Image files under root, recursive, sorted by relative path; hidden files and folders skipped."""

@@ -36,6 +36,24 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
+class LabelEmbedding(nn.Module):
+    """Class labels -> vectors added to the time embedding: num_classes + 1 rows, the last one the
+    null label (classifier-free guidance: one network conditional and unconditional)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"a conditional network needs num_classes >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: Tensor | None, n: int, device: torch.device) -> Tensor:
+        """(n, dim) embeddings of labels y (n,) in 0..num_classes (num_classes = null); None: all null."""
+        if y is None:
+            y = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        return self.table(y.to(device=device, dtype=torch.long).reshape(n))
+
+
 def broadcast_time(t: Tensor | float, n: int, device: torch.device) -> Tensor:
     """A scalar or (n,) time as an (n,) float32 tensor."""
     t = torch.as_tensor(t, device=device, dtype=torch.float32)
@@ -62,19 +80,24 @@ class FeatureMLP(nn.Module):
     """phi(x, t) for inputs of any shape (N, ...) flattened to (N, in_dim) -> (N, feature_dim)."""
 
     def __init__(self, in_dim: int, feature_dim: int = 128, width: int = 256, depth: int = 3,
-                 time_dim: int = 128):
+                 time_dim: int = 128, num_classes: int = 0):
         super().__init__()
         self.in_dim, self.feature_dim = in_dim, feature_dim
         self.time = TimeEmbedding(time_dim)
         self.inp = nn.Linear(in_dim, width)
         self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, feature_dim))
+        # created last: the other weights draw the same initial values as an unconditional net's
+        self.label = LabelEmbedding(num_classes, time_dim) if num_classes else None
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """y: (N,) labels of a conditional net (num_classes = the null label; None: all null)."""
         h = self.inp(x.reshape(x.shape[0], -1))
         # a batch holds few distinct times (one per level): embed and modulate once per time
         times, index = torch.unique(broadcast_time(t, x.shape[0], x.device), return_inverse=True)
         temb = self.time(times)
+        if self.label is not None:  # the label beside t: one embedding row per input
+            temb, index = temb[index] + self.label(y, x.shape[0], x.device), None
         for block in self.blocks:
             h = block(h, temb, index)
         return self.out(h)

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .mlp import TimeEmbedding, broadcast_time
+from .mlp import LabelEmbedding, TimeEmbedding, broadcast_time
 
 
 def _groups(channels: int) -> int:
@@ -67,7 +67,8 @@ class UNet(nn.Module):
     def __init__(self, image_shape: Sequence[int], base_channels: int = 64,
                  channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
                  attn_resolutions: Sequence[int] = (16,), head: str = "flatten",
-                 out_channels: int | None = None, feature_dim: int = 256, dropout: float = 0.0):
+                 out_channels: int | None = None, feature_dim: int = 256, dropout: float = 0.0,
+                 num_classes: int = 0):
         super().__init__()
         c_img, height, width = image_shape
         if head not in ("flatten", "pool", "epsilon"):
@@ -110,6 +111,8 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1))
         self.pool_proj = nn.Linear(c, feature_dim) if head == "pool" else None
         self.feature_dim = feature_dim if head == "pool" else out_channels * height * width
+        # created last: the other weights draw the same initial values as an unconditional net's
+        self.label = LabelEmbedding(num_classes, time_dim) if num_classes else None
 
     @staticmethod
     def _run_block(block: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
@@ -117,8 +120,11 @@ class UNet(nn.Module):
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """y: (N,) labels of a conditional net (num_classes = the null label; None: all null)."""
         temb = self.time(broadcast_time(t, x.shape[0], x.device))
+        if self.label is not None:  # the label beside t, added to the embedding that drives FiLM
+            temb = temb + self.label(y, x.shape[0], x.device)
         h = self.inp(x)
         skips = [h]
         for block in self.down:
