@@ -107,14 +107,20 @@ class Trainer:
 
         from .conditional import training_labels
 
-        data = load_dataset(self.cfg.data, self.cfg.seed)
+        data = pixels = load_dataset(self.cfg.data, self.cfg.seed)
+        if self.cfg.model.latent:  # the autoencoder's latents, encoded once (docs/latent.md), as `dmmd train`
+            from .latent import latent_data
+
+            data = latent_data(self.cfg, pixels, progress=self.progress is not False)
         labels, val_labels = training_labels(self.cfg, data)  # model.conditional: also sets model.num_classes
         echo = None if self.progress is False else (lambda text: print(text, file=sys.stderr, flush=True))
         train(self.cfg, data.train, self.out, resume=self.resume and (self.out / "config.json").is_file(),
               progress=self.progress is not False, echo=echo, stream=data.stream, val_data=data.test,
               labels=labels, val_labels=val_labels)
         pipe = Pipeline.from_run(self.out, device=self.cfg.train.device)
-        pipe._data = data
+        pipe._data = pixels
+        if data is not pixels:
+            pipe._model_data = data
         return pipe
 
 
@@ -132,7 +138,14 @@ class Pipeline:
                  device: torch.device, source: Path | None = None):
         self.cfg, self.model, self.stats = cfg, model, dict(stats)
         self.data_shape, self.device, self.source = tuple(data_shape), device, source
-        self._data = None
+        self.model_shape = self.data_shape  # what the model moves: the data, or a latent model's latents
+        self.autoencoder = None
+        if cfg.model.latent:  # samples are decoded: data_shape is the images' (a foreign autoencoder is refused)
+            from .latent import for_config
+
+            self.autoencoder = for_config(cfg, device)
+            self.data_shape = tuple(self.autoencoder.shape)
+        self._data = self._model_data = None
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "auto") -> "Pipeline":
@@ -155,6 +168,17 @@ class Pipeline:
 
             self._data = load_dataset(self.cfg.data, self.cfg.seed)
         return self._data
+
+    @property
+    def model_data(self):
+        """The data as the model sees it: `data`, or for a latent model its encoding (cached with the autoencoder)."""
+        if self._model_data is None:
+            if self.autoencoder is None:
+                return self.data
+            from .latent import encode_dataset
+
+            self._model_data = encode_dataset(self.data, self.autoencoder, self.cfg.data, progress=False)
+        return self._model_data
 
     def sample_config(self, nfe: int | None = None, sampler: str | None = None, **overrides) -> Config:
         """The config `sample` uses: sampler, then nfe's settings, then sample.* overrides (keys
@@ -195,6 +219,10 @@ class Pipeline:
                               f"a population) and batch_size >= 1; got n={n}, batch_size={batch_size}")
         labels = self.sample_labels(n, class_)
         z = self._draw(cfg, n, seed, progress, batch_size, labels)
+        if self.autoencoder is not None:  # a latent model: images from its decoder
+            from .latent import decode
+
+            z = decode(z, self.autoencoder)
         return to_data_space(cfg.data.name, z)
 
     def sample_labels(self, n: int, class_: int | str | None) -> Tensor | None:
@@ -219,20 +247,20 @@ class Pipeline:
         reference = None
         with thread_guard(0):  # torch's threads, or one when they would spin (torch imported first)
             if cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
-                train_rows = self.data.train
+                train_rows = self.model_data.train
                 pick = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0))
                 reference = train_rows[pick[: cfg.sample.num_reference]].to(self.device)
             if needs_calibration(self.model, cfg, self.stats):
                 settings = flow_settings(cfg.sample)
-                self.stats = calibrate(self.model, cfg, self.data.train.to(self.device), process, self.stats, settings,
-                                       labels=self.data.labels_train)
+                self.stats = calibrate(self.model, cfg, self.model_data.train.to(self.device), process, self.stats,
+                                       settings, labels=self.model_data.labels_train)
             check_sampler(self.model, cfg, self.stats, reference)
             batch = n if cfg.sample.sampler == "exact" else batch_size
             chunks = []
             with tqdm(total=evaluations(cfg) * -(-n // batch), desc="sample", disable=not progress,
                       dynamic_ncols=True) as bar:
                 for start in range(0, n, batch):
-                    chunks.append(draw(self.model, cfg, self.stats, process, self.data_shape, min(batch, n - start),
+                    chunks.append(draw(self.model, cfg, self.stats, process, self.model_shape, min(batch, n - start),
                                        seed, reference, start=start, device=self.device, progress=bar,
                                        labels=None if labels is None else labels[start:start + batch]).cpu())
         return torch.cat(chunks)
