@@ -105,17 +105,18 @@ def summarise(reports: list[dict]) -> dict:
             "nfe": reports[0]["nfe"], "cpu_seconds": sum(r["cpu_seconds"] for r in reports)}
 
 
-def picture(path: Path, x: np.ndarray, rows: dict) -> None:
+def picture(path: Path, x: np.ndarray, rows: dict, data: str = "digits", shape=(1, 8, 8), title: str = "") -> None:
+    """Rows of 16 images: originals, bottom-masked inputs, then each entry of `rows` (data space)."""
     from dmmd.inpaint import named_mask
     from dmmd.inpaint_run import to_model
     from dmmd.plotting import save_image_grid
 
     k = 16
-    orig = to_model(x[:k], "digits", (1, 8, 8))
-    masked = torch.where(torch.from_numpy(named_mask("bottom", (1, 8, 8))), torch.zeros_like(orig), orig)
-    body = [orig, masked] + [to_model(v[:k], "digits", (1, 8, 8)) for v in rows.values()]
+    orig = to_model(x[:k], data, shape)
+    masked = torch.where(torch.from_numpy(named_mask("bottom", shape)), torch.zeros_like(orig), orig)
+    body = [orig, masked] + [to_model(v[:k], data, shape) for v in rows.values()]
     save_image_grid(path, torch.cat(body).clamp(-1, 1).numpy(), nrow=k,
-                    title="bottom half generated; rows: original, masked, " + ", ".join(rows))
+                    title=title + "bottom half generated; rows: original, masked, " + ", ".join(rows))
 
 
 def main(argv=None) -> int:

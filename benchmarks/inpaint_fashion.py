@@ -91,16 +91,9 @@ def summarise(reports: list[dict]) -> dict:
 
 
 def picture(path: Path, x: np.ndarray, rows: dict) -> None:
-    from dmmd.inpaint import named_mask
-    from dmmd.inpaint_run import to_model
-    from dmmd.plotting import save_image_grid
+    from inpaint import picture as grid  # benchmarks/inpaint.py: the digits benchmark's grid, for any data set
 
-    k = 16
-    orig = to_model(x[:k], "fashion_mnist", SHAPE)
-    masked = torch.where(torch.from_numpy(named_mask("bottom", SHAPE)), torch.zeros_like(orig), orig)
-    body = [orig, masked] + [to_model(v[:k], "fashion_mnist", SHAPE) for v in rows.values()]
-    save_image_grid(path, torch.cat(body).clamp(-1, 1).numpy(), nrow=k,
-                    title="Fashion-MNIST, bottom half generated; rows: original, masked, " + ", ".join(rows))
+    grid(path, x, rows, "fashion_mnist", SHAPE, title="Fashion-MNIST, ")
 
 
 def main(argv=None) -> int:
