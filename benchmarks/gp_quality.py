@@ -40,6 +40,7 @@ VARIANTS = {
     "nn1_lazy4": {"train.num_levels": 1, "train.gp_every": 4},
     "nn1": {"train.num_levels": 1},
     "gp25": {"train.gp_fraction": 0.25},
+    "nn1_gp25": {"train.num_levels": 1, "train.gp_fraction": 0.25},
 }
 
 

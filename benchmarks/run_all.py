@@ -51,8 +51,10 @@ def rows(sampler: dict, train: dict) -> list[list]:
             f">= {t['ddpm_noise_saving_min']}", _cell(dd["ddpm_saving"]), v["ddpm_noise_saving"]["verdict"]]]
     for setup in train["setups"]:
         for r in setup["rows"]:
-            label = (f"DMMD step / DDPM step, {setup['setup']} (batch {setup['batch_size']}, N_n = "
-                     f"{setup['preset_num_levels']}): {r['row']}")
+            shipped = (f"N_n = {setup['preset_num_levels']}, gp_fraction {setup.get('preset_gp_fraction', 1.0)}, "
+                       f"gp_every {setup.get('preset_gp_every', 1)}")
+            label = (f"DMMD step / DDPM step, {setup['setup']} (batch {setup['batch_size']}): "
+                     + (f"as shipped ({shipped})" if r["row"] == "as shipped" else r["row"]))
             out.append([label, f"<= {setup['target_over_ddpm_max']}", _cell(r["over_ddpm"]), r["verdict"]])
     return out
 

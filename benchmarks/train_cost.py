@@ -17,11 +17,15 @@ DDPM uses the same backbone with its epsilon head (dmmd.ddpm.build_eps_net).
 Timed variants (dmmd.training.train_step: batch indexing, loss, backward, clipping, Adam, EMA):
   ddpm           method = ddpm: the denominator of every ratio (the same bookkeeping as DMMD).
   ddpm_bare      ddpm_loss + backward + Adam step only (ratios to it are reported beside).
-  plain          the preset as shipped (penalty every step, N_n as in the preset).
+  shipped        the preset as shipped (its N_n, gp_fraction and gp_every; a lazy preset is timed as
+                 one step with the penalty and k - 1 without, like the rows below).
+  plain          the paper's penalty: every step, all rows, N_n = 2 (the presets' setting before
+                 issue 17); every other variant changes this one.
   nogp           a step without the penalty: the cost of a non-penalty step of lazy
                  regularisation (train.gp_every = 10^6 here, so that no timed step carries it).
   gp25           train.gp_fraction = 0.25.
   nn1, nn1_nogp  train.num_levels = 1, with and without the penalty.
+  nn1_gp25       train.num_levels = 1 and train.gp_fraction = 0.25.
   bf16, bf16_nogp  train.precision = bf16 (autocast), with and without the penalty.
 Lazy regularisation (train.gp_every = k) runs one penalty step (the cost of the variant with
 the penalty: gp_scale k changes no work) and k - 1 steps without, so its cost per step is
@@ -31,7 +35,8 @@ arithmetic (reported as lazy4_run / derived).
 
 Targets (the project's issue 17), DMMD step / DDPM step at the preset's settings: digits <= 2.5,
 mnist U-Net <= 3.0. Every row is judged; which row is the preset's setting is chosen by quality
-(benchmarks of deliverable 1), not here. bf16 rows compare to DDPM in float32.
+(benchmarks/gp_quality.py), not here, and the 'as shipped' row is the one the presets' claim rests
+on. bf16 rows compare to DDPM in float32.
 """
 
 from __future__ import annotations
@@ -71,14 +76,18 @@ SETUPS = {
     "mnist": ("mnist.toml", (1, 28, 28), ["train.device=cpu"]),
     "cifar32": ("cifar10.toml", (3, 32, 32), ["model.base_channels=32", "train.batch_size=32", "train.device=cpu"]),
 }
-VARIANTS = {  # name: overrides; each *_nogp pairs with the variant of its prefix for lazy regularisation
+PAPER = ["train.num_levels=2", "train.gp_fraction=1.0", "train.gp_every=1"]  # the reference the variants change
+VARIANTS = {  # name: overrides on PAPER; each *_nogp pairs with the variant of its prefix for lazy regularisation
     "plain": [], "nogp": [NEVER], "gp25": ["train.gp_fraction=0.25"],
     "nn1": ["train.num_levels=1"], "nn1_nogp": ["train.num_levels=1", NEVER],
+    "nn1_gp25": ["train.num_levels=1", "train.gp_fraction=0.25"],
     "bf16": ["train.precision=bf16"], "bf16_nogp": ["train.precision=bf16", NEVER],
 }
 # (row, with-penalty variant, without-penalty variant or None)
-ROWS = [("plain (as shipped)", "plain", None), ("no penalty at all", "nogp", None)]
-for _base, _without in (("plain", "nogp"), ("gp25", "nogp"), ("nn1", "nn1_nogp"), ("bf16", "bf16_nogp")):
+ROWS = [("as shipped", "shipped", "shipped_nogp"), ("plain (N_n = 2, penalty every step)", "plain", None),
+        ("no penalty at all", "nogp", None)]
+for _base, _without in (("plain", "nogp"), ("gp25", "nogp"), ("nn1", "nn1_nogp"), ("nn1_gp25", "nn1_nogp"),
+                        ("bf16", "bf16_nogp")):
     if _base != "plain":
         ROWS.append((_base, _base, None))
     ROWS += [(f"{_base} + gp_every {k}", _base, _without, k) for k in LAZY]
@@ -117,12 +126,13 @@ def run_setup(name, repeats, warmup, min_time, quick, profile_dir):
         bstate.optimizer.step()
 
     variants["ddpm_bare"] = ddpm_bare
-    for label, changes in VARIANTS.items():
+    for label, changes in {"shipped": ["train.gp_every=1"], "shipped_nogp": [NEVER],
+                            **{k: PAPER + v for k, v in VARIANTS.items()}}.items():
         cfg = load(ROOT / "configs" / preset, extra + changes)
         state = new_state(cfg, shape)
         variants[label] = lambda s=state, c=cfg: train_step(s, data, process, c)
     if name == "digits":
-        lcfg = load(ROOT / "configs" / preset, extra + ["train.gp_every=4"])
+        lcfg = load(ROOT / "configs" / preset, extra + PAPER + ["train.gp_every=4"])
         lstate = new_state(lcfg, shape)
 
         def lazy4_run():  # four consecutive steps: one with the penalty, three without
@@ -137,7 +147,9 @@ def run_setup(name, repeats, warmup, min_time, quick, profile_dir):
         wall["lazy4_run"] = [t / 4 for t in wall["lazy4_run"]]
     target = TARGETS[name]
     rows = []
+    shipped_every = base.train.gp_every
     for row, with_gp, without, k in ROWS:
+        k = shipped_every if with_gp == "shipped" else k
         steps = per_round(times, with_gp, without, k)
         walls = per_round(wall, with_gp, without, k)
         ratio = spread([a / b for a, b in zip(steps, times["ddpm"])])
@@ -147,7 +159,8 @@ def run_setup(name, repeats, warmup, min_time, quick, profile_dir):
                      "wall_over_ddpm": median([a / b for a, b in zip(walls, wall["ddpm"])]),
                      "verdict": "not judged (--quick)" if quick else verdict(ratio["median"], hi=target)})
     rec = {"setup": name, "preset": preset, "overrides": extra, "shape": list(shape), "batch_size": base.train.batch_size,
-           "preset_num_levels": base.train.num_levels, "target_over_ddpm_max": target, "repeats": repeats,
+           "preset_num_levels": base.train.num_levels, "preset_gp_fraction": base.train.gp_fraction,
+           "preset_gp_every": shipped_every, "target_over_ddpm_max": target, "repeats": repeats,
            "cpu_s": {k: spread(v) for k, v in times.items()}, "wall_median_s": {k: median(v) for k, v in wall.items()},
            "rows": rows, "times_s": times, "wall_s": wall}
     if "lazy4_run" in times:

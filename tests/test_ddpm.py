@@ -205,6 +205,41 @@ def test_eps_nets_are_image_shaped():
         build_eps_net(ModelConfig(backbone="unet"), (2,))
 
 
+def test_eps_mlp_skip_path_against_float64_reference():
+    """out = body(x, t) + g(t) x with g = skip(time embedding); g = 0 at initialisation."""
+    net = _small_net((1, 2, 3))
+    x, t = torch.randn(5, 1, 2, 3, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    torch.testing.assert_close(net(x, t), net.body(x, t).reshape(x.shape), rtol=0, atol=0)
+    with torch.no_grad():
+        net.skip.weight.normal_()
+        net.skip.bias.fill_(0.5)
+    temb = net.body.time(t.float()).double()  # (5, time_dim)
+    gain = temb @ net.skip.weight.double().T[:, 0] + 0.5
+    expected = net.body(x, t).reshape(x.shape) + gain.view(5, 1, 1, 1) * x
+    torch.testing.assert_close(net(x, t), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_eps_mlp_narrower_than_data_learns_eps_at_high_noise():
+    """Regression (pixel Fashion-MNIST DDPM gave saturated noise): with width < prod(data_shape) the
+    MLP body alone has rank <= width in x, so at t near t_max, where eps ~ x_t, its eps-MSE on
+    isotropic eps cannot fall below 1 - width / D = 0.75 here; the skip path g(t) x reaches ~0."""
+    torch.manual_seed(0)
+    net = build_eps_net(ModelConfig(width=4, depth=1, time_dim=8), (1, 4, 4)).double()
+    process = VPProcess(t_min=0.9, t_max=1.0)  # alpha(t) <= 0.017: the optimal eps-MSE is < 1e-3 for |x0| <= 1
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        x0 = torch.rand(64, 1, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1
+        loss, _ = ddpm_loss(net, x0, process, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x0 = torch.rand(512, 1, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        held_out, _ = ddpm_loss(net, x0, process, gen)
+    assert held_out < 0.05
+
+
 # ------------------------------------------------------------------------------------ sampling
 
 
@@ -291,3 +326,31 @@ def test_trained_mlp_ddim_lands_near_mean():
     # (~2% here), so bound the bulk rather than the std.
     assert (x.median(0).values - m).abs().max() < 0.05
     assert ((x - m).norm(dim=1) < 0.5).float().mean() > 0.95
+
+
+def test_checkpoint_without_skip_path_loads_as_zero_skip(tmp_path):
+    """A DDPM / flow-matching MLP checkpoint written before EpsMLP's skip path (no skip.* keys) loads
+    for sampling with g(t) = 0, the network it was trained as; a DMMD checkpoint is untouched."""
+    from dmmd import checkpoint as ckpt
+    from dmmd.config import load
+    from dmmd.ddpm import add_missing_skip
+    from dmmd.pipeline import load_model
+    from dmmd.training import new_state, save_checkpoint
+
+    cfg = load(None, ["data.name=eight_gaussians", "method=fm", "sample.sampler=euler", "model.width=8",
+                      "model.depth=1", "model.time_dim=8", "train.threads=1"])
+    state = new_state(cfg, (2,))
+    with torch.no_grad():
+        state.ema.module.skip.bias.fill_(0.7)  # a trained skip; removing it must not matter below
+    path = save_checkpoint(state, cfg, tmp_path / "run", final=True)
+    payload = ckpt.load(path)
+    old = {k: v for k, v in payload["ema"].items() if ".skip." not in k}
+    payload["ema"] = old
+    torch.save(payload, path)
+    _, net, _, _ = load_model(path)
+    assert float(net.skip.bias) == 0.0 and float(net.skip.weight.abs().sum()) == 0.0
+    x, t = torch.randn(5, 2), torch.rand(5)
+    body = net.body(x, t)
+    torch.testing.assert_close(net(x, t), body, rtol=0, atol=0)
+    dmmd_like = {"module.features.weight": torch.zeros(2)}
+    assert add_missing_skip(dmmd_like) is dmmd_like

@@ -1,5 +1,7 @@
 """Algorithm 1's loss against an explicit float64 loop with the same random draws."""
 
+import math
+
 import pytest
 import torch
 
@@ -201,6 +203,36 @@ def test_train_step_penalises_every_kth_step(monkeypatch):
     for r in records:
         penalty = 3 * 0.5 * r["gp"] if "gp" in r else 0.0
         assert r["loss"] == pytest.approx(-r["mmd2"] + penalty + 0.1 * r["l2"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("method,every,clip,expected", [
+    ("dmmd", 3, 1.0, [1.0, 1.0, 3.0, 1.0, 1.0, 3.0]),  # penalty steps 3 and 6 (1-based) clip at k grad_clip
+    ("dmmd", 1, 0.5, [0.5] * 6),
+    ("dmmd", 4, 0.0, [math.inf] * 6),  # grad_clip 0: no clipping
+    ("ddpm", 3, 1.0, [1.0] * 6),  # the baselines have no penalty to weight
+])
+def test_clip_threshold_follows_the_lazy_weight(monkeypatch, method, every, clip, expected):
+    """With train.gp_every = k the penalty step's gradient carries a k-fold penalty; its clip
+    threshold is k grad_clip so that clipping (active on every DMMD step: norms of 10-25 against
+    1) does not scale the k back out. Checked on the thresholds train_step hands to the clip."""
+    from dmmd import training
+    from dmmd.pipeline import build_process
+
+    cfg = _tiny_config(f"method={method}", f"train.gp_every={every}", f"train.grad_clip={clip}",
+                       *(["sample.sampler=ddpm"] if method == "ddpm" else []))
+    state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        seen.append(max_norm)
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    for _ in range(6):
+        training.train_step(state, data, process, cfg)
+    assert seen == expected
 
 
 def test_lazy_regularisation_resumes_exactly(tmp_path):

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .nets.mlp import FeatureMLP
+from .nets.mlp import FeatureMLP, broadcast_time
 from .nets.unet import UNet
 from .noising import Process, time_grid
 from .sampling import ParticleNoise
@@ -67,7 +67,15 @@ METHODS = ("ddpm", "ddim")
 
 
 class EpsMLP(nn.Module):
-    """The FeatureMLP with feature_dim = prod(data_shape), its output reshaped to the input's shape."""
+    """The FeatureMLP with feature_dim = prod(data_shape), its output reshaped to the input's shape,
+    plus a skip path:  out = body(x, t) + g(t) x,  g a learned scalar (a linear map of the body's
+    time embedding, zero at initialisation).
+
+    The body's output passes through its width-wide hidden layers, so it has rank <= width in x:
+    with width < prod(data_shape) (Fashion-MNIST: 512 < 784) it cannot return eps ~ x_t at high
+    noise (or the velocity ~ x_t of flow matching), and DDPM's reverse chain multiplies the
+    directions it misses by about 1 / alpha(t_max) (~150): saturated noise once x0 is clipped.
+    """
 
     def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 3, time_dim: int = 128,
                  num_classes: int = 0):
@@ -75,9 +83,24 @@ class EpsMLP(nn.Module):
         self.data_shape = tuple(data_shape)
         dim = math.prod(self.data_shape)
         self.body = FeatureMLP(dim, dim, width, depth, time_dim, num_classes)
+        self.skip = nn.Linear(time_dim, 1)  # created after the body: its initial weights are unchanged
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        return (self.body(x, t) if y is None else self.body(x, t, y)).reshape(x.shape)
+        gain = self.skip(self.body.time(broadcast_time(t, x.shape[0], x.device)))
+        out = self.body(x, t) if y is None else self.body(x, t, y)
+        return out.reshape(x.shape) + gain.view(-1, *([1] * (x.ndim - 1))).to(x.dtype) * x
+
+
+def add_missing_skip(state: dict, prefix: str = "module.") -> dict:
+    """An EpsMLP state saved before the skip path existed (no `skip.*` keys) with the skip filled
+    with zeros: g(t) = 0, exactly the network it was trained as. Other states are returned as is."""
+    time_out = state.get(f"{prefix}body.time.mlp.2.weight")
+    if time_out is None or f"{prefix}skip.weight" in state or f"{prefix}body.out.2.weight" not in state:
+        return state
+    return {**state, f"{prefix}skip.weight": time_out.new_zeros(1, time_out.shape[0]),
+            f"{prefix}skip.bias": time_out.new_zeros(1)}
 
 
 def build_eps_net(model_cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:

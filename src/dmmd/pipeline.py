@@ -283,6 +283,10 @@ def load_model(path, device: str | torch.device = "cpu"):
     shape = tuple(payload.get("data_shape") or ())
     from .validate import check_model_fits
 
+    if cfg.method != "dmmd":  # DDPM / flow-matching MLPs saved before the skip path sample as trained
+        from .ddpm import add_missing_skip
+
+        payload["ema"] = add_missing_skip(payload["ema"])
     check_model_fits(build_model, cfg, shape, payload["ema"], path)  # before allocating anything
     disc = build_model(cfg, shape).to(device)
     prefix = "module."
