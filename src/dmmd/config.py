@@ -64,6 +64,7 @@ class ModelConfig:
     latent_id: str = ""  # set by dmmd train: sha256 of that autoencoder's weights; sampling refuses another
     conditional: bool = False  # class-conditional: the data set's labels enter beside t (docs/conditional.md)
     num_classes: int = 0  # conditional: set by dmmd train from the labels (0 = not yet known)
+    pixel_features: int = 0  # dmmd, mlp: k of the feature_dim features are per-pixel quadratics (x*x) Q^T + x L^T, so the witness gradient reaches directions outside inp.weight's row space (rank <= width); 0 = off (docs/pixel_features.md)
 
 
 @dataclass
@@ -169,7 +170,7 @@ POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.worker
 NON_NEGATIVE = {"train.threads", "train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
                 "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power", "model.num_classes",
-                "sample.guidance"}
+                "sample.guidance", "model.pixel_features"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
 POSITIVE |= {"autoencoder.latent_dim", "autoencoder.steps", "autoencoder.batch_size", "autoencoder.lr",
              "autoencoder.log_every", "autoencoder.checkpoint_every"}
@@ -394,6 +395,9 @@ def validate(cfg: Config) -> None:
                           f"'mmd' (per-class mean features); got {cfg.model.kernel!r} and {cfg.model.objective!r}")
     if cfg.model.latent and cfg.model.backbone != "mlp":
         raise ConfigError(f"model.latent needs model.backbone = 'mlp' (latents are vectors), got {cfg.model.backbone!r}")
+    if cfg.model.pixel_features and (cfg.model.backbone != "mlp" or cfg.model.pixel_features >= cfg.model.feature_dim):
+        raise ConfigError("model.pixel_features needs model.backbone = 'mlp' and fewer than model.feature_dim = "
+                          f"{cfg.model.feature_dim} features; got {cfg.model.pixel_features} with {cfg.model.backbone!r}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -84,7 +84,9 @@ class Discriminator(nn.Module):
 def build_backbone(cfg: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
     if cfg.backbone == "mlp":
         return FeatureMLP(math.prod(data_shape), cfg.feature_dim, cfg.width, cfg.depth, cfg.time_dim,
-                          num_classes_of(cfg))
+                          num_classes_of(cfg), cfg.pixel_features)
+    if cfg.pixel_features:
+        raise ValueError(f"model.pixel_features needs model.backbone = 'mlp', got {cfg.backbone!r}")
     if len(data_shape) != 3:
         raise ValueError(f"the unet backbone needs image data (C, H, W), got shape {data_shape}")
     return UNet(data_shape, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks,

@@ -76,23 +76,59 @@ class FiLMBlock(nn.Module):
         return h + self.fc2(torch.nn.functional.silu(self.fc1(torch.nn.functional.silu(u))))
 
 
+def pixel_quadratic(x: Tensor, quad: Tensor, lin: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Per-coordinate quadratic features (x * x) Q^T + x L^T (+ b): x (N, d), Q and L (k, d) -> (N, k).
+
+    For weights w (k,) the input gradient of <w, features> is 2 (Q^T w) * x + L^T w: a diagonal
+    term in x, so it can point along every coordinate. The gradient of anything behind a first
+    layer of width < d lies in that layer's row space, whatever the rest of the net does."""
+    out = (x * x) @ quad.T + x @ lin.T  # (N, k)
+    return out if bias is None else out + bias
+
+
+class PixelFeatures(nn.Module):
+    """k features s(t) * pixel_quadratic(x): s(t) = 1 + a linear map of the time embedding (zero at
+    init), so training can weigh them per noise level against the MLP's features."""
+
+    def __init__(self, in_dim: int, num: int, time_dim: int):
+        super().__init__()
+        self.quad = nn.Linear(in_dim, num)
+        self.lin = nn.Linear(in_dim, num, bias=False)
+        self.scale = nn.Linear(time_dim, num)
+        nn.init.zeros_(self.scale.weight)
+        nn.init.zeros_(self.scale.bias)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        """x (N, in_dim), temb (N, time_dim) one row per input -> (N, num)."""
+        return (1 + self.scale(temb)) * pixel_quadratic(x, self.quad.weight, self.lin.weight, self.quad.bias)
+
+
 class FeatureMLP(nn.Module):
-    """phi(x, t) for inputs of any shape (N, ...) flattened to (N, in_dim) -> (N, feature_dim)."""
+    """phi(x, t) for inputs of any shape (N, ...) flattened to (N, in_dim) -> (N, feature_dim).
+
+    pixel_features = k > 0: the last k of the feature_dim features are PixelFeatures of the input
+    (the MLP gives the first feature_dim - k). Every input gradient of the MLP lies in the row space
+    of `inp.weight` (rank <= width): with width < in_dim a witness gradient flow never moves the
+    other directions (docs/pixel_features.md); the quadratic features reach every coordinate."""
 
     def __init__(self, in_dim: int, feature_dim: int = 128, width: int = 256, depth: int = 3,
-                 time_dim: int = 128, num_classes: int = 0):
+                 time_dim: int = 128, num_classes: int = 0, pixel_features: int = 0):
         super().__init__()
+        if not 0 <= pixel_features < feature_dim:
+            raise ValueError(f"pixel_features must be in [0, feature_dim = {feature_dim}), got {pixel_features}")
         self.in_dim, self.feature_dim = in_dim, feature_dim
         self.time = TimeEmbedding(time_dim)
         self.inp = nn.Linear(in_dim, width)
         self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, feature_dim))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, feature_dim - pixel_features))
         # created last: the other weights draw the same initial values as an unconditional net's
         self.label = LabelEmbedding(num_classes, time_dim) if num_classes else None
+        self.pixel = PixelFeatures(in_dim, pixel_features, time_dim) if pixel_features else None
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """y: (N,) labels of a conditional net (num_classes = the null label; None: all null)."""
-        h = self.inp(x.reshape(x.shape[0], -1))
+        flat = x.reshape(x.shape[0], -1)
+        h = self.inp(flat)
         # a batch holds few distinct times (one per level): embed and modulate once per time
         times, index = torch.unique(broadcast_time(t, x.shape[0], x.device), return_inverse=True)
         temb = self.time(times)
@@ -100,4 +136,6 @@ class FeatureMLP(nn.Module):
             temb, index = temb[index] + self.label(y, x.shape[0], x.device), None
         for block in self.blocks:
             h = block(h, temb, index)
-        return self.out(h)
+        if self.pixel is None:
+            return self.out(h)
+        return torch.cat([self.out(h), self.pixel(flat, temb if index is None else temb[index])], dim=1)
