@@ -144,8 +144,13 @@ def clip_threshold(tc, step: int, method: str = "dmmd") -> float:
     threshold by the same k keeps the penalty-to-MMD ratio of the k steps that of gp_every = 1."""
     if tc.grad_clip <= 0:
         return math.inf
-    lazy = method == "dmmd" and tc.gp_every > 1 and (step + 1) % tc.gp_every == 0
-    return tc.grad_clip * (tc.gp_every if lazy else 1)
+    return tc.grad_clip * (max(gp_weight(tc, step), 1) if method == "dmmd" else 1)
+
+
+def gp_weight(tc, step: int) -> int:
+    """The penalty's multiple of lambda_gp on the step after `step` steps: train.gp_every = k on
+    steps k, 2k, ... (1-based, as logged), 0 on the others (k = 1: every step, weight 1)."""
+    return tc.gp_every if (step + 1) % tc.gp_every == 0 else 0
 
 
 def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context(),
@@ -172,9 +177,8 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
             x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
-            lazy = tc.gp_every if (state.step + 1) % tc.gp_every == 0 else 0  # train.gp_every: steps k, 2k, ...
             loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
-                                    tc.gp_fraction, gp_scale=lazy, **pair)
+                                    tc.gp_fraction, gp_scale=gp_weight(tc, state.step), **pair)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
