@@ -9,8 +9,8 @@ budget; the end-of-training calibration (level statistics and the replay of the 
 runs inside that budget, as `dmmd compare` does. Then 1000 samples per NFE (20 and 100, the
 preset's default sampler with the --nfe rule) are scored against held-out data: FD-digits /
 FD-fashion in the shipped classifiers' features, near-duplicate share and nearest-training ratio.
-Seeds give the run-to-run spread; the verdict compares each variant's mean FD with plain's mean
-FD plus the larger of the two seed spreads ("equal quality beyond the run-to-run spread").
+Seeds give the run-to-run spread; the verdict compares each variant's mean FD with the reference's
+(--reference, default plain) mean FD plus the larger of the two seed spreads ("equal quality beyond the run-to-run spread").
 Writes OUT.json and OUT.md.
 """
 
@@ -41,6 +41,9 @@ VARIANTS = {
     "nn1": {"train.num_levels": 1},
     "gp25": {"train.gp_fraction": 0.25},
     "nn1_gp25": {"train.num_levels": 1, "train.gp_fraction": 0.25},
+    "nn1_corr": {"train.num_levels": 1, "train.gp_points": "corrupted"},
+    "nn1_corr50": {"train.num_levels": 1, "train.gp_points": "corrupted", "train.gp_fraction": 0.5},
+    "nn1_corr25": {"train.num_levels": 1, "train.gp_points": "corrupted", "train.gp_fraction": 0.25},
 }
 
 
@@ -77,18 +80,18 @@ def run(preset: str, variant: str, seed: int, budget: float, data, model_data, t
     return rows
 
 
-def verdicts(rows: list[dict], variants: list[str]) -> list[dict]:
+def verdicts(rows: list[dict], variants: list[str], reference: str = "plain") -> list[dict]:
     out = []
     for nfe in (20, 100):
         by = {v: [r["metric"] for r in rows if r["variant"] == v and r["nfe"] == nfe] for v in variants}
-        base = by["plain"]
+        base = by[reference]
         spread = lambda xs: max(xs) - min(xs) if len(xs) > 1 else float("nan")  # noqa: E731
         for v in variants:
             xs = by[v]
             allowed = statistics.mean(base) + max(spread(base), spread(xs))
             out.append({"variant": v, "nfe": nfe, "mean": statistics.mean(xs), "min": min(xs), "max": max(xs),
                         "steps": statistics.mean(r["steps"] for r in rows if r["variant"] == v and r["nfe"] == nfe),
-                        "plain_mean": statistics.mean(base), "allowed": allowed,
+                        "reference_mean": statistics.mean(base), "allowed": allowed,
                         "verdict": "equal or better" if statistics.mean(xs) <= allowed else "worse"})
     return out
 
@@ -97,12 +100,12 @@ def markdown(result: dict) -> str:
     lines = [f"# Quality at equal CPU time: {result['preset']}, {result['budget_cpu_s']:.0f} CPU-s per run, "
              f"seeds {result['seeds']}", "",
              f"{next((r['metric_name'] for r in result['rows'] if r['steps'] >= 0), 'FD')} of 1000 samples (default sampler, --nfe rule) against held-out data; "
-             "'allowed' = plain's mean + the larger seed spread of the two.", "",
-             "| variant | NFE | steps in budget | mean (min-max) | plain mean | allowed | verdict |",
+             f"'allowed' = the reference's ({result.get('reference', 'plain')}) mean + the larger seed spread of the two.", "",
+             "| variant | NFE | steps in budget | mean (min-max) | reference mean | allowed | verdict |",
              "|---|---|---|---|---|---|---|"]
     for v in result["verdicts"]:
         lines.append(f"| {v['variant']} | {v['nfe']} | {v['steps']:.0f} | {v['mean']:.3g} ({v['min']:.3g}-{v['max']:.3g}) "
-                     f"| {v['plain_mean']:.3g} | {v['allowed']:.3g} | {v['verdict']} |")
+                     f"| {v.get('reference_mean', v.get('plain_mean')):.3g} | {v['allowed']:.3g} | {v['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--variants", default="plain,lazy4,gp25_lazy4,nn1_lazy4")
     p.add_argument("--out", default="benchmarks/results/gp_quality")
+    p.add_argument("--reference", default="plain", choices=sorted(VARIANTS),
+                   help="the variant every other one is judged against (run too, if not listed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run (e.g. model.latent=AE for a latent preset)")
     args = p.parse_args(argv)
@@ -121,8 +126,8 @@ def main(argv=None) -> int:
 
     preset = str(preset_path(args.preset))
     variants = [v for v in args.variants.split(",") if v]
-    if "plain" not in variants:
-        variants.insert(0, "plain")
+    if args.reference not in variants:
+        variants.insert(0, args.reference)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = C.load(preset, args.overrides)
     data = load_dataset(cfg.data, cfg.seed)
@@ -138,8 +143,8 @@ def main(argv=None) -> int:
         for seed in seeds:  # seeds outermost: an interrupted run still has every variant at seed 0
             for v in variants:
                 rows += run(preset, v, seed, args.budget, data, model_data, to_pixels, Path(tmp), args.overrides)
-    result = {"preset": args.preset, "budget_cpu_s": args.budget, "seeds": seeds, "rows": rows,
-              "verdicts": verdicts(rows, variants), "torch": torch.__version__}
+    result = {"preset": args.preset, "budget_cpu_s": args.budget, "seeds": seeds, "rows": rows, "reference": args.reference,
+              "verdicts": verdicts(rows, variants, args.reference), "torch": torch.__version__}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
