@@ -41,22 +41,21 @@ VARIANTS = {
     "nn1": {"train.num_levels": 1},
     "gp25": {"train.gp_fraction": 0.25},
     "nn1_gp25": {"train.num_levels": 1, "train.gp_fraction": 0.25},
-    "nn1_corr": {"train.num_levels": 1, "train.gp_points": "corrupted"},
-    "nn1_corr50": {"train.num_levels": 1, "train.gp_points": "corrupted", "train.gp_fraction": 0.5},
-    "nn1_corr25": {"train.num_levels": 1, "train.gp_points": "corrupted", "train.gp_fraction": 0.25},
 }
 
 
 def run(preset: str, variant: str, seed: int, budget: float, data, model_data, to_pixels, workdir: Path,
-        extra: list[str]) -> list[dict]:
+        extra: list[str], steps: int | None = None) -> list[dict]:
+    """Train one variant until `budget` CPU seconds (or for exactly `steps` steps when given), then score."""
     from dmmd.training import TrainingDiverged, train
 
     overrides = [f"{k}={v}" for k, v in VARIANTS[variant].items()]
-    cfg = C.load(preset, [*extra, *overrides, f"seed={seed}", "train.threads=1", "train.best_by=none", f"train.steps={10**9}"])
+    cfg = C.load(preset, [*extra, *overrides, f"seed={seed}", "train.threads=1", "train.best_by=none",
+                          f"train.steps={steps or 10**9}"])
     cpu, wall = time.process_time(), time.time()
     try:
-        state = train(cfg, model_data.train, workdir / f"{variant}-{seed}", progress=False, max_seconds=budget,
-                      clock=time.process_time)
+        state = train(cfg, model_data.train, workdir / f"{variant}-{seed}", progress=False,
+                      max_seconds=None if steps else budget, clock=time.process_time)
     except TrainingDiverged as err:  # a finding, not a crash: recorded as an infinite FD
         print(f"{variant} seed {seed}: {err}", flush=True)
         return [{"variant": variant, "seed": seed, "nfe": nfe, "steps": -1, "train_cpu_s": round(time.process_time() - cpu, 1),
@@ -97,8 +96,13 @@ def verdicts(rows: list[dict], variants: list[str], reference: str = "plain") ->
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Quality at equal CPU time: {result['preset']}, {result['budget_cpu_s']:.0f} CPU-s per run, "
-             f"seeds {result['seeds']}", "",
+    if result.get("reference_steps"):
+        costs = ", ".join(f"{k} {v:g}" for k, v in result["costs"].items())
+        budget = (f"{result['reference_steps']} steps of {result['reference']}, the others scaled by the step costs "
+                  f"({costs}: equal CPU time where those costs hold)")
+    else:
+        budget = f"{result['budget_cpu_s']:.0f} CPU-s per run"
+    lines = [f"# Quality at equal CPU time: {result['preset']}, {budget}, seeds {result['seeds']}", "",
              f"{next((r['metric_name'] for r in result['rows'] if r['steps'] >= 0), 'FD')} of 1000 samples (default sampler, --nfe rule) against held-out data; "
              f"'allowed' = the reference's ({result.get('reference', 'plain')}) mean + the larger seed spread of the two.", "",
              "| variant | NFE | steps in budget | mean (min-max) | reference mean | allowed | verdict |",
@@ -116,6 +120,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--variants", default="plain,lazy4,gp25_lazy4,nn1_lazy4")
     p.add_argument("--out", default="benchmarks/results/gp_quality")
+    p.add_argument("--steps", type=int, default=0,
+                   help="instead of a CPU budget on this net: the reference trains this many steps and every "
+                        "other variant steps x cost(reference) / cost(variant), the costs given by --cost "
+                        "(e.g. the mnist U-Net's step costs from make bench): quality at equal CPU time on "
+                        "the net the costs come from, with this net as the model of quality per step")
+    p.add_argument("--cost", default="", help="variant=step cost, comma-separated (with --steps)")
     p.add_argument("--reference", default="plain", choices=sorted(VARIANTS),
                    help="the variant every other one is judged against (run too, if not listed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -129,6 +139,9 @@ def main(argv=None) -> int:
     if args.reference not in variants:
         variants.insert(0, args.reference)
     seeds = [int(s) for s in args.seeds.split(",")]
+    costs = {k: float(v) for k, v in (item.split("=") for item in args.cost.split(",") if item)}
+    if args.steps and not set(variants) <= set(costs):
+        p.error(f"--steps needs a --cost for every variant: missing {sorted(set(variants) - set(costs))}")
     cfg = C.load(preset, args.overrides)
     data = load_dataset(cfg.data, cfg.seed)
     model_data, to_pixels = data, (lambda z: z)
@@ -142,8 +155,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:  # seeds outermost: an interrupted run still has every variant at seed 0
             for v in variants:
-                rows += run(preset, v, seed, args.budget, data, model_data, to_pixels, Path(tmp), args.overrides)
-    result = {"preset": args.preset, "budget_cpu_s": args.budget, "seeds": seeds, "rows": rows, "reference": args.reference,
+                steps = round(args.steps * costs[args.reference] / costs[v]) if args.steps else None
+                rows += run(preset, v, seed, args.budget, data, model_data, to_pixels, Path(tmp), args.overrides, steps)
+    result = {"preset": args.preset, "budget_cpu_s": None if args.steps else args.budget, "seeds": seeds, "rows": rows,
+              "reference": args.reference, "reference_steps": args.steps or None, "costs": costs or None,
               "verdicts": verdicts(rows, variants, args.reference), "torch": torch.__version__}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,6 @@ Timed variants (dmmd.training.train_step: batch indexing, loss, backward, clippi
   gp25           train.gp_fraction = 0.25.
   nn1, nn1_nogp  train.num_levels = 1, with and without the penalty.
   nn1_gp25       train.num_levels = 1 and train.gp_fraction = 0.25.
-  nn1_corr       train.num_levels = 1 and train.gp_points = corrupted (the penalty at the corrupted
-                 points, reusing their forward pass); nn1_corr50 the same on half of them.
   bf16, bf16_nogp  train.precision = bf16 (autocast), with and without the penalty.
 Lazy regularisation (train.gp_every = k) runs one penalty step (the cost of the variant with
 the penalty: gp_scale k changes no work) and k - 1 steps without, so its cost per step is
@@ -83,15 +81,13 @@ VARIANTS = {  # name: overrides on PAPER; each *_nogp pairs with the variant of 
     "plain": [], "nogp": [NEVER], "gp25": ["train.gp_fraction=0.25"],
     "nn1": ["train.num_levels=1"], "nn1_nogp": ["train.num_levels=1", NEVER],
     "nn1_gp25": ["train.num_levels=1", "train.gp_fraction=0.25"],
-    "nn1_corr": ["train.num_levels=1", "train.gp_points=corrupted"],
-    "nn1_corr50": ["train.num_levels=1", "train.gp_points=corrupted", "train.gp_fraction=0.5"],
     "bf16": ["train.precision=bf16"], "bf16_nogp": ["train.precision=bf16", NEVER],
 }
 # (row, with-penalty variant, without-penalty variant or None)
 ROWS = [("as shipped", "shipped", "shipped_nogp"), ("plain (N_n = 2, penalty every step)", "plain", None),
         ("no penalty at all", "nogp", None)]
 for _base, _without in (("plain", "nogp"), ("gp25", "nogp"), ("nn1", "nn1_nogp"), ("nn1_gp25", "nn1_nogp"),
-                        ("nn1_corr", "nn1_nogp"), ("nn1_corr50", "nn1_nogp"), ("bf16", "bf16_nogp")):
+                        ("bf16", "bf16_nogp")):
     if _base != "plain":
         ROWS.append((_base, _base, None))
     ROWS += [(f"{_base} + gp_every {k}", _base, _without, k) for k in LAZY]

@@ -12,11 +12,9 @@ from dmmd.noising import VPProcess
 PROCESS = VPProcess()
 
 
-def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2, gp_rows=None, points="interpolates"):
+def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2, gp_rows=None):
     """Per-level loop: unbiased MMD by double sums, GP by per-sample autograd, L2 by hand.
-    gp_rows: the penalty averages over the first gp_rows interpolates of each level (None: all).
-    points = "corrupted": the penalty at u = y_i (a fresh leaf, featurised on its own, so the witness's
-    other points a, b stay fixed while differentiating in u)."""
+    gp_rows: the penalty averages over the first gp_rows interpolates of each level (None: all)."""
     n_levels, batch = len(t_levels), x.shape[0]
     gen = torch.Generator().set_state(gen_state)
     noise = torch.randn((n_levels * batch, *x.shape[1:]), generator=gen, dtype=x.dtype)
@@ -39,7 +37,7 @@ def _reference_loss(disc, x, x_prime, t_levels, gen_state, lambda_gp, lambda_l2,
         gp, penalised = 0.0, batch if gp_rows is None else gp_rows
         for i in range(penalised):
             r = r_all[j * batch + i]
-            u = (y[i] if points == "corrupted" else r * x[i] + (1 - r) * y[i]).detach().unsqueeze(0).requires_grad_(True)
+            u = (r * x[i] + (1 - r) * y[i]).detach().unsqueeze(0).requires_grad_(True)
             fu = disc.features(u, t)
             if disc.objective == "kale":
                 f = disc.critic_value(fu)[0]
@@ -118,81 +116,6 @@ def test_gp_fraction_penalises_first_rows(fraction, rows):
                                  generator=torch.Generator().set_state(state))
     assert abs(float(full_terms["gp"] - terms["gp"])) > 1e-6  # a different estimate of the same penalty
     torch.testing.assert_close(full_terms["mmd2"], terms["mmd2"], rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("kernel,objective", [("linear", "mmd"), ("rbf", "mmd"), ("rq", "mmd"), ("linear", "kale")])
-@pytest.mark.parametrize("fraction,rows", [(1.0, None), (0.5, 3), (0.2, 1)])
-def test_penalty_at_corrupted_points_matches_loop(kernel, objective, fraction, rows):
-    """gp_points = "corrupted": the penalty at u = y (the first ceil(fraction B) rows of every level),
-    value and parameter gradients equal to the float64 loop that featurises each u on its own; the
-    MMD and L2 terms equal those of the interpolates' penalty."""
-    disc = small_disc(kernel, objective)
-    gen = torch.Generator().manual_seed(5)
-    x, x_prime = torch.randn(5, 2, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen, dtype=torch.float64)
-    t_levels = torch.tensor([0.1, 0.55, 0.9], dtype=torch.float64)
-    state = gen.get_state()
-    loss, terms = dmmd_loss(disc, x, x_prime, t_levels, PROCESS, 0.7, 0.3, generator=gen, gp_fraction=fraction,
-                            gp_points="corrupted")
-    ref, ref_terms = _reference_loss(disc, x, x_prime, t_levels, state, 0.7, 0.3, gp_rows=rows, points="corrupted")
-    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-10)
-    torch.testing.assert_close(terms["gp"], ref_terms["gp"].detach(), rtol=0, atol=1e-10)
-    g1 = torch.autograd.grad(loss, list(disc.parameters()), allow_unused=True)
-    g2 = torch.autograd.grad(ref, list(disc.parameters()), allow_unused=True)
-    for a, b in zip(g1, g2):
-        if a is None or b is None:
-            assert a is None and b is None or (a if b is None else b).abs().max() == 0
-            continue
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
-    inter, inter_terms = dmmd_loss(disc, x, x_prime, t_levels, PROCESS, 0.7, 0.3, gp_fraction=fraction,
-                                   generator=torch.Generator().set_state(state))
-    name = "kale" if objective == "kale" else "mmd2"
-    torch.testing.assert_close(inter_terms[name], terms[name], rtol=0, atol=1e-12)
-    torch.testing.assert_close(inter_terms["l2"], terms["l2"], rtol=0, atol=1e-12)
-    if objective == "mmd":  # (KALE's one-sided penalty is 0 at both places on this small net)
-        assert abs(float(inter_terms["gp"] - terms["gp"])) > 1e-6  # another place, another value
-
-
-def test_penalty_at_corrupted_points_conditional():
-    """Conditional discriminator: the corrupted row keeps its own label y' in the penalty; the loss
-    equals the one with the corrupted rows featurised together (the gp_points = interpolates path
-    with r = 0 forced), value and gradients."""
-    from test_conditional import cond_disc
-
-    disc = cond_disc()
-    gen = torch.Generator().manual_seed(7)
-    x, xp = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(5, 4, generator=gen, dtype=torch.float64)
-    y, yp = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([2, 2, 0, 1, 3])
-    levels = torch.tensor([0.3, 0.8], dtype=torch.float64)
-    state = gen.get_state()
-    loss, _ = dmmd_loss(disc, x, xp, levels, PROCESS, 0.7, 0.3, generator=gen, y=y, y_prime=yp, gp_points="corrupted")
-    ref_gen = torch.Generator().set_state(state)
-    noise = torch.randn(10, 4, generator=ref_gen, dtype=torch.float64)
-    total = 0.0
-    for j, t in enumerate(levels.tolist()):
-        tt = torch.tensor(t, dtype=torch.float32).double()
-        noisy = PROCESS.alpha(tt).item() * xp + PROCESS.sigma(tt).item() * noise[j * 5:(j + 1) * 5]
-        a, b = disc.features(x, t, y), disc.features(noisy, t, yp)
-        div = ((a.sum(0) @ a.sum(0) - (a * a).sum()) / 20 + (b.sum(0) @ b.sum(0) - (b * b).sum()) / 20
-               - 2 * a.sum(0) @ b.sum(0) / 25)
-        gp = 0.0
-        for i in range(5):
-            u = noisy[i].detach().unsqueeze(0).requires_grad_(True)
-            f = disc.features(u, t, yp[i:i + 1])[0] @ (a.mean(0) - b.mean(0))
-            (g,) = torch.autograd.grad(f, u, create_graph=True)
-            gp = gp + (g.norm() - 1) ** 2 / 5
-        total = total + (-div + 0.7 * gp + 0.3 * (a.pow(2).mean() + b.pow(2).mean())) / 2
-    torch.testing.assert_close(loss, total, rtol=0, atol=1e-10)
-    for g_a, g_b in zip(torch.autograd.grad(loss, list(disc.parameters()), allow_unused=True),
-                        torch.autograd.grad(total, list(disc.parameters()), allow_unused=True)):
-        if g_a is not None and g_b is not None:
-            torch.testing.assert_close(g_a, g_b, rtol=0, atol=1e-9)
-
-
-def test_gp_points_unknown_refused():
-    disc = small_disc("linear")
-    x = torch.randn(4, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="gp_points"):
-        dmmd_loss(disc, x, x, torch.tensor([0.5], dtype=torch.float64), PROCESS, 1.0, 0.1, gp_points="data")
 
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])

@@ -87,7 +87,6 @@ class TrainConfig:
     lambda_gp: float = 1.0
     lambda_l2: float = 0.1
     gp_fraction: float = 1.0  # share of each level's interpolates the gradient penalty sees, in (0, 1]
-    gp_points: str = "interpolates"  # interpolates (SPEC 4: u = r x + (1 - r) y, a forward of their own) | corrupted (u = y, reusing its features)
     gp_every: int = 1  # lazy regularisation (SPEC 10): the penalty only on steps k, 2k, ... (1-based, as logged), weighted k lambda_gp
     lr: float = 2e-4
     beta1: float = 0.9
@@ -157,7 +156,6 @@ CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "train.best_by": ("val_loss", "none"),
     "train.precision": ("fp32", "bf16"),
-    "train.gp_points": ("interpolates", "corrupted"),
     "sample.sampler": ("exact", "approx", "kale", "ddpm", "ddim", "euler", "heun"),
     "sample.clip_x0": ("auto", "on", "off"),
     "sample.reading": ("own", "data_noised", "replay"),

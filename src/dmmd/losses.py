@@ -47,8 +47,7 @@ def gp_rows_per_rank(local: int, gp_fraction: float) -> int:
 def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
               lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
               ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0,
-              y: Tensor | None = None, y_prime: Tensor | None = None,
-              gp_points: str = "interpolates") -> tuple[Tensor, dict]:
+              y: Tensor | None = None, y_prime: Tensor | None = None) -> tuple[Tensor, dict]:
     """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
     kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss.
 
@@ -58,19 +57,9 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
 
     y, y_prime: (B,) labels of x and x' for a conditional discriminator (SPEC 10): both sides are
     featurised with their row's own label, phi(x, t, y) and phi(corrupt(x', t), t, y'), a linear-
-    kernel MMD on the pairs (x, y); the interpolates take the clean row's label.
-
-    gp_points = "corrupted" takes the penalty at the corrupted points y themselves (r = 0) instead of
-    at interpolates: the penalised rows of y get a forward pass of their own, as an input leaf, and
-    their features are the ones the MMD uses, so the penalty adds no forward pass and its double
-    backward ends in the graph the MMD's backward walks anyway (about half the penalty's cost on a
-    convolutional backbone). The witness is differentiated in its first argument only (the other
-    points held fixed, as for interpolates): the feature-space gradient g = grad_z f(z) at z = phi(y_i)
-    (create_graph), then grad_y f = J_phi(y_i)^T g as a vector-Jacobian product."""
+    kernel MMD on the pairs (x, y); the interpolates take the clean row's label."""
     if gp_scale < 0:
         raise ValueError(f"gp_scale must be >= 0, got {gp_scale}")
-    if gp_points not in ("interpolates", "corrupted"):
-        raise ValueError(f"gp_points must be 'interpolates' or 'corrupted', got {gp_points!r}")
     num_levels, batch = t_levels.shape[0], x.shape[0]
     if batch % ctx.world_size:
         raise ValueError(f"batch size {batch} must be divisible by the number of processes {ctx.world_size}")
@@ -90,33 +79,17 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
         xs, ys, u, t = xs[rows], ys[rows], u[rows], t[rows]
         if conditional:
             ya, yb = ya[rows.to(ya.device)], yb[rows.to(yb.device)]
-    gp_rows, penalise = gp_rows_per_rank(local, gp_fraction), gp_scale > 0
-    # the penalised rows of every level block: the first gp_rows
-    keep = (torch.arange(num_levels).view(-1, 1) * local + torch.arange(gp_rows).view(1, -1)).flatten()
-    if penalise and gp_points == "corrupted":
-        rest = torch.ones(num_levels * local, dtype=torch.bool)
-        rest[keep] = False
-        rest = rest.nonzero().flatten()
-        u = ys[keep.to(ys.device)].detach().requires_grad_(True)  # the penalised corrupted rows, an input leaf
-        labels = dict(y=torch.cat([ya, yb[rest.to(yb.device)]])) if conditional else {}
-        main = disc.features(torch.cat([xs, ys[rest.to(ys.device)]]), torch.cat([t, t[rest.to(t.device)]]), **labels)
-        f_pen = disc.features(u, t[keep.to(t.device)], **(dict(y=yb[keep.to(yb.device)]) if conditional else {}))
-        order = torch.argsort(torch.cat([keep, rest])).to(main.device)  # back to the rows' order
-        a_loc = main[: num_levels * local].view(num_levels, local, -1)
-        b_loc = torch.cat([f_pen, main[num_levels * local:]])[order].view(num_levels, local, -1)
-        fu_source = f_pen
-        fu = f_pen.clone().view(num_levels, gp_rows, -1)  # the witness's first argument: differentiated alone
-    else:
-        labels = dict(y=torch.cat([ya, yb])) if conditional else {}
-        a_loc, b_loc = disc.features(torch.cat([xs, ys]), torch.cat([t, t]), **labels).view(2, num_levels, local, -1).unbind(0)
+    labels = dict(y=torch.cat([ya, yb])) if conditional else {}
+    a_loc, b_loc = disc.features(torch.cat([xs, ys]), torch.cat([t, t]), **labels).view(2, num_levels, local, -1).unbind(0)
     a, b = gather_rows(a_loc, 1, ctx), gather_rows(b_loc, 1, ctx)  # (L, B, D)
-    if penalise and gp_points == "interpolates":
-        if gp_rows < local:  # the penalty on the first gp_rows interpolates of every level block
-            u, t = u[keep.to(u.device)], t[keep.to(t.device)]
-            if conditional:
-                ya = ya[keep.to(ya.device)]
+    gp_rows, penalise = gp_rows_per_rank(local, gp_fraction), gp_scale > 0
+    if gp_rows < local:  # the penalty on the first gp_rows interpolates of every level block
+        keep = (torch.arange(num_levels).view(-1, 1) * local + torch.arange(gp_rows).view(1, -1)).flatten()
+        u, t = u[keep.to(u.device)], t[keep.to(t.device)]
+        if conditional:
+            ya = ya[keep.to(ya.device)]
+    if penalise:
         u = u.detach().requires_grad_(True)
-        fu_source = None
         fu = disc.features(u, t, **(dict(y=ya) if conditional else {})).view(num_levels, gp_rows, -1)  # (L, gp_rows, D)
 
     if disc.objective == "kale":
@@ -141,11 +114,7 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
 
     penalty = 0.0
     if penalise:
-        if fu_source is None:
-            (grad_u,) = torch.autograd.grad(witness_values.sum(), u, create_graph=True)
-        else:  # grad_z f at z = phi(y_i), then its vector-Jacobian product with phi at y_i
-            (grad_z,) = torch.autograd.grad(witness_values.sum(), fu, create_graph=True)
-            (grad_u,) = torch.autograd.grad(fu_source, u, grad_outputs=grad_z.reshape_as(fu_source), create_graph=True)
+        (grad_u,) = torch.autograd.grad(witness_values.sum(), u, create_graph=True)
         excess = grad_u.flatten(1).norm(dim=1) - 1.0
         gp_count = num_levels * gp_rows * ctx.world_size  # global number of penalised interpolates
         gp = (excess.clamp(min=0.0) if disc.objective == "kale" else excess).pow(2).sum() / gp_count

@@ -178,8 +178,7 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
             loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
-                                    tc.gp_fraction, gp_scale=gp_weight(tc, state.step), **pair,
-                                    gp_points=tc.gp_points)
+                                    tc.gp_fraction, gp_scale=gp_weight(tc, state.step), **pair)
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
@@ -227,7 +226,7 @@ def validation_loss(model: torch.nn.Module, val_data: torch.Tensor, process, cfg
     total = 0.0
     for j in range(VAL_LEVELS):  # one level at a time: memory stays below a training step's
         loss, _ = dmmd_loss(model, x, x_prime, levels[j:j + 1], process, cfg.train.lambda_gp, cfg.train.lambda_l2, gen,
-                            **pair, gp_points=cfg.train.gp_points)
+                            **pair)
         total += float(loss.detach())
     return total / VAL_LEVELS
 
