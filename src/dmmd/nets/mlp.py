@@ -60,6 +60,16 @@ def broadcast_time(t: Tensor | float, n: int, device: torch.device) -> Tensor:
     return t.expand(n) if t.ndim == 0 else t.reshape(n)
 
 
+def distinct_times(t: Tensor | float, n: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The distinct times of a scalar or (n,) time as float32, and each input's row among them; the
+    index is None when all n inputs share one time (the sampler's case): that row broadcasts."""
+    t = torch.as_tensor(t, device=device, dtype=torch.float32)
+    if t.numel() == 1:
+        return t.reshape(1), None
+    times, index = torch.unique(t.reshape(n), return_inverse=True)
+    return (times, None) if times.numel() == 1 else (times, index)
+
+
 class FiLMBlock(nn.Module):
     def __init__(self, width: int, time_dim: int):
         super().__init__()
@@ -69,7 +79,8 @@ class FiLMBlock(nn.Module):
         self.fc2 = nn.Linear(width, width)
 
     def forward(self, h: Tensor, temb: Tensor, index: Tensor | None = None) -> Tensor:
-        """temb holds one row per distinct time; index (N,) picks each input's row (None: one row each)."""
+        """temb holds one row per distinct time; index (N,) picks each input's row (None: one row each,
+        or one row for all, broadcast)."""
         film = self.film(temb)
         scale, shift = (film if index is None else film[index]).chunk(2, dim=1)
         u = self.norm(h) * (1 + scale) + shift
@@ -99,7 +110,7 @@ class PixelFeatures(nn.Module):
         nn.init.zeros_(self.scale.bias)
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        """x (N, in_dim), temb (N, time_dim) one row per input -> (N, num)."""
+        """x (N, in_dim), temb (N, time_dim) one row per input, or (1, time_dim) for all -> (N, num)."""
         return (1 + self.scale(temb)) * pixel_quadratic(x, self.quad.weight, self.lin.weight, self.quad.bias)
 
 
@@ -130,10 +141,10 @@ class FeatureMLP(nn.Module):
         flat = x.reshape(x.shape[0], -1)
         h = self.inp(flat)
         # a batch holds few distinct times (one per level): embed and modulate once per time
-        times, index = torch.unique(broadcast_time(t, x.shape[0], x.device), return_inverse=True)
+        times, index = distinct_times(t, x.shape[0], x.device)
         temb = self.time(times)
         if self.label is not None:  # the label beside t: one embedding row per input
-            temb, index = temb[index] + self.label(y, x.shape[0], x.device), None
+            temb, index = (temb if index is None else temb[index]) + self.label(y, x.shape[0], x.device), None
         for block in self.blocks:
             h = block(h, temb, index)
         if self.pixel is None:
