@@ -75,3 +75,30 @@ def test_mlp_batch_of_mixed_times_equals_rows_one_by_one():
     (g_batch,) = torch.autograd.grad(batch.pow(2).sum(), x)
     (g_rows,) = torch.autograd.grad(rows.pow(2).sum(), x)
     torch.testing.assert_close(g_batch, g_rows, rtol=0, atol=1e-12)
+
+
+def test_distinct_times_shares_one_row_without_an_index():
+    from dmmd.nets.mlp import distinct_times
+
+    times, index = distinct_times(0.25, 4, torch.device("cpu"))
+    assert index is None and times.tolist() == [0.25]
+    times, index = distinct_times(torch.full((4,), 0.5), 4, torch.device("cpu"))
+    assert index is None and times.tolist() == [0.5]
+    times, index = distinct_times(torch.tensor([0.5, 0.1, 0.5, 0.1]), 4, torch.device("cpu"))
+    assert times[index].tolist() == pytest.approx([0.5, 0.1, 0.5, 0.1])
+
+
+@pytest.mark.parametrize("extra", [{}, {"pixel_features": 2}, {"num_classes": 3}])
+def test_one_shared_time_broadcast_equals_the_gathered_rows(extra):
+    """All rows at one time take the broadcast path; the same rows inside a batch of mixed times take
+    the gathered one: equal outputs (the sampler's fast path changes no value)."""
+    torch.manual_seed(4)
+    net = FeatureMLP(6, 5, 16, 2, 8, **extra).double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    kwargs = {"y": torch.tensor([0, 1, 2, 3, 0, 1, 2])} if "num_classes" in extra else {}
+    shared = net(x, 0.3, **kwargs)
+    mixed_t = torch.full((8,), 0.3, dtype=torch.float64)
+    mixed_t[-1] = 0.8
+    mixed_kwargs = {"y": torch.cat([kwargs["y"], torch.tensor([1])])} if kwargs else {}
+    mixed = net(torch.cat([x, torch.randn(1, 6, dtype=torch.float64)]), mixed_t, **mixed_kwargs)
+    torch.testing.assert_close(shared, mixed[:7], rtol=0, atol=1e-12)
