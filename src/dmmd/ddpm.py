@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .nets.mlp import FeatureMLP, distinct_times
+from .nets.mlp import FeatureMLP, distinct_times, per_input
 from .nets.unet import UNet
 from .noising import Process, time_grid
 from .sampling import ParticleNoise
@@ -89,8 +89,7 @@ class EpsMLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         times, index = distinct_times(t, x.shape[0], x.device)
-        gain = self.skip(self.body.time(times))  # once per distinct time, as the body's FiLM
-        gain = gain if index is None else gain[index]
+        gain = per_input(self.skip(self.body.time(times)), index)  # once per distinct time, as the body's FiLM
         out = self.body(x, t) if y is None else self.body(x, t, y)
         return out.reshape(x.shape) + gain.view(-1, *([1] * (x.ndim - 1))).to(x.dtype) * x
 

@@ -70,6 +70,12 @@ def distinct_times(t: Tensor | float, n: int, device: torch.device) -> tuple[Ten
     return (times, None) if times.numel() == 1 else (times, index)
 
 
+def per_input(rows: Tensor, index: Tensor | None) -> Tensor:
+    """Rows of a per-distinct-time tensor for each input (index from distinct_times; None: as is,
+    one row each or one row broadcast to all)."""
+    return rows if index is None else rows[index]
+
+
 class FiLMBlock(nn.Module):
     def __init__(self, width: int, time_dim: int):
         super().__init__()
@@ -82,7 +88,7 @@ class FiLMBlock(nn.Module):
         """temb holds one row per distinct time; index (N,) picks each input's row (None: one row each,
         or one row for all, broadcast)."""
         film = self.film(temb)
-        scale, shift = (film if index is None else film[index]).chunk(2, dim=1)
+        scale, shift = per_input(film, index).chunk(2, dim=1)
         u = self.norm(h) * (1 + scale) + shift
         return h + self.fc2(torch.nn.functional.silu(self.fc1(torch.nn.functional.silu(u))))
 
@@ -144,9 +150,9 @@ class FeatureMLP(nn.Module):
         times, index = distinct_times(t, x.shape[0], x.device)
         temb = self.time(times)
         if self.label is not None:  # the label beside t: one embedding row per input
-            temb, index = (temb if index is None else temb[index]) + self.label(y, x.shape[0], x.device), None
+            temb, index = per_input(temb, index) + self.label(y, x.shape[0], x.device), None
         for block in self.blocks:
             h = block(h, temb, index)
         if self.pixel is None:
             return self.out(h)
-        return torch.cat([self.out(h), self.pixel(flat, temb if index is None else temb[index])], dim=1)
+        return torch.cat([self.out(h), self.pixel(flat, per_input(temb, index))], dim=1)
