@@ -52,7 +52,8 @@ def rows(sampler: dict, train: dict) -> list[list]:
     for setup in train["setups"]:
         for r in setup["rows"]:
             shipped = (f"N_n = {setup['preset_num_levels']}, gp_fraction {setup.get('preset_gp_fraction', 1.0)}, "
-                       f"gp_every {setup.get('preset_gp_every', 1)}")
+                       f"gp_every {setup.get('preset_gp_every', 1)}"
+                       + (", gp_lazy reuse" if setup.get("preset_gp_lazy") == "reuse" else ""))
             label = (f"DMMD step / DDPM step, {setup['setup']} (batch {setup['batch_size']}): "
                      + (f"as shipped ({shipped})" if r["row"] == "as shipped" else r["row"]))
             out.append([label, f"<= {setup['target_over_ddpm_max']}", _cell(r["over_ddpm"]), r["verdict"]])

@@ -27,11 +27,15 @@ Timed variants (dmmd.training.train_step: batch indexing, loss, backward, clippi
   nn1, nn1_nogp  train.num_levels = 1, with and without the penalty.
   nn1_gp25       train.num_levels = 1 and train.gp_fraction = 0.25.
   bf16, bf16_nogp  train.precision = bf16 (autocast), with and without the penalty.
+  nn1_reuse_fresh, nn1_reuse_held  N_n = 1 under train.gp_lazy = reuse: a step that computes the
+                 penalty and keeps its gradient (two backward passes through the clean and corrupted
+                 features), and a step that adds the kept gradient instead.
 Lazy regularisation (train.gp_every = k) runs one penalty step (the cost of the variant with
 the penalty: gp_scale k changes no work) and k - 1 steps without, so its cost per step is
 (with + (k - 1) without) / k, formed per round from the two variants timed in that round. On
 digits, `lazy4_run` times four consecutive train_steps of a gp_every = 4 run as a check of that
-arithmetic (reported as lazy4_run / derived).
+arithmetic (reported as lazy4_run / derived); `nn1_reuse4_run` likewise times four consecutive
+steps of an N_n = 1, gp_every = 4, gp_lazy = reuse run (reported as nn1_reuse4_run / derived).
 
 Targets (the project's issue 17), DMMD step / DDPM step at the preset's settings: digits <= 2.5,
 mnist U-Net <= 3.0, judged on the 'as shipped' row only (the target is about the presets); the
@@ -70,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"digits": 2.5, "mnist": 3.0, "cifar32": 3.0}
 NEVER = "train.gp_every=1000000"  # no timed step reaches a multiple of it: steps without the penalty
 LAZY = (4, 16)
+REUSE = (4, 6, 8)
 
 SETUPS = {
     "digits": ("digits.toml", (64,), []),
@@ -82,7 +87,10 @@ VARIANTS = {  # name: overrides on PAPER; each *_nogp pairs with the variant of 
     "nn1": ["train.num_levels=1"], "nn1_nogp": ["train.num_levels=1", NEVER],
     "nn1_gp25": ["train.num_levels=1", "train.gp_fraction=0.25"],
     "bf16": ["train.precision=bf16"], "bf16_nogp": ["train.precision=bf16", NEVER],
+    "nn1_reuse_fresh": ["train.num_levels=1", NEVER, "train.gp_lazy=reuse"],
+    "nn1_reuse_held": ["train.num_levels=1", NEVER, "train.gp_lazy=reuse"],
 }
+FRESH = ("nn1_reuse_fresh", "shipped_fresh")  # the kept penalty gradient is dropped before each timed step
 # (row, with-penalty variant, without-penalty variant or None)
 ROWS = [("as shipped", "shipped", "shipped_nogp"), ("plain (N_n = 2, penalty every step)", "plain", None),
         ("no penalty at all", "nogp", None)]
@@ -91,6 +99,7 @@ for _base, _without in (("plain", "nogp"), ("gp25", "nogp"), ("nn1", "nn1_nogp")
     if _base != "plain":
         ROWS.append((_base, _base, None))
     ROWS += [(f"{_base} + gp_every {k}", _base, _without, k) for k in LAZY]
+ROWS += [(f"nn1 + gp_every {k}, gp_lazy reuse", "nn1_reuse_fresh", "nn1_reuse_held", k) for k in REUSE]
 ROWS = [r if len(r) == 4 else (*r, 1) for r in ROWS]
 
 
@@ -101,7 +110,7 @@ def per_round(times: dict, with_gp: str, without: str | None, k: int) -> list[fl
     return [(a + (k - 1) * b) / k for a, b in zip(times[with_gp], times[without])]
 
 
-def run_setup(name, repeats, warmup, min_time, quick, profile_dir):
+def run_setup(name, repeats, warmup, min_time, quick, profile_dir, only=None):
     preset, shape, extra = SETUPS[name]
     if quick:  # tiny nets; the U-Nets on 16x16
         extra = extra + (["model.width=64", "train.batch_size=16"] if name == "digits" else
@@ -127,28 +136,40 @@ def run_setup(name, repeats, warmup, min_time, quick, profile_dir):
 
     variants["ddpm_bare"] = ddpm_bare
     shipped_every = base.train.gp_every
-    shipped = {"shipped": ["train.gp_every=1"], **({"shipped_nogp": [NEVER]} if shipped_every > 1 else {})}
+    if shipped_every > 1 and base.train.gp_lazy == "reuse":  # a reusing preset: fresh and held steps
+        shipped = {"shipped": [NEVER], "shipped_nogp": [NEVER]}
+    else:
+        shipped = {"shipped": ["train.gp_every=1"], **({"shipped_nogp": [NEVER]} if shipped_every > 1 else {})}
     for label, changes in {**shipped, **{k: PAPER + v for k, v in VARIANTS.items()}}.items():
+        if only and label not in only:
+            continue
         cfg = load(ROOT / "configs" / preset, extra + changes)
         state = new_state(cfg, shape)
-        variants[label] = lambda s=state, c=cfg: train_step(s, data, process, c)
+        fresh = label in FRESH or (label == "shipped" and cfg.train.gp_lazy == "reuse")
+
+        def step(s=state, c=cfg, fresh=fresh):
+            if fresh:
+                s.gp_cache = None
+            train_step(s, data, process, c)
+
+        variants[label] = step
+    runs = {"nn1_reuse4_run": ["train.num_levels=1", "train.gp_every=4", "train.gp_lazy=reuse"]}
     if name == "digits":
-        lcfg = load(ROOT / "configs" / preset, extra + PAPER + ["train.gp_every=4"])
-        lstate = new_state(lcfg, shape)
-
-        def lazy4_run():  # four consecutive steps: one with the penalty, three without
-            for _ in range(4):
-                train_step(lstate, data, process, lcfg)
-
-        variants["lazy4_run"] = lazy4_run
+        runs["lazy4_run"] = ["train.gp_every=4"]
+    for label, changes in runs.items():  # four consecutive steps: one with the penalty, three without
+        if not only or label in only:
+            variants[label] = _four_steps(load(ROOT / "configs" / preset, extra + PAPER + changes), shape, data, process)
     wall: dict = {}
     times = interleaved(variants, repeats, warmup, min_time, wall=wall)
-    if "lazy4_run" in times:
-        times["lazy4_run"] = [t / 4 for t in times["lazy4_run"]]
-        wall["lazy4_run"] = [t / 4 for t in wall["lazy4_run"]]
+    for run in ("lazy4_run", "nn1_reuse4_run"):
+        if run in times:
+            times[run] = [t / 4 for t in times[run]]
+            wall[run] = [t / 4 for t in wall[run]]
     target = TARGETS[name]
     rows = []
     for row, with_gp, without, k in ROWS:
+        if with_gp not in times or (without is not None and without not in times and without != "shipped_nogp"):
+            continue  # left out by --variants
         k = shipped_every if with_gp == "shipped" else k
         without = without if without in times else None  # shipped_nogp is timed only for a lazy preset
         steps = per_round(times, with_gp, without, k)
@@ -162,15 +183,28 @@ def run_setup(name, repeats, warmup, min_time, quick, profile_dir):
                      verdict(ratio["median"], hi=target) if with_gp == "shipped" else "- (option)"})
     rec = {"setup": name, "preset": preset, "overrides": extra, "shape": list(shape), "batch_size": base.train.batch_size,
            "preset_num_levels": base.train.num_levels, "preset_gp_fraction": base.train.gp_fraction,
-           "preset_gp_every": shipped_every, "target_over_ddpm_max": target, "repeats": repeats,
+           "preset_gp_every": shipped_every, "preset_gp_lazy": base.train.gp_lazy, "target_over_ddpm_max": target, "repeats": repeats,
            "cpu_s": {k: spread(v) for k, v in times.items()}, "wall_median_s": {k: median(v) for k, v in wall.items()},
            "rows": rows, "times_s": times, "wall_s": wall}
-    if "lazy4_run" in times:
+    if {"lazy4_run", "plain", "nogp"} <= set(times):
         derived = per_round(times, "plain", "nogp", 4)
         rec["lazy4_run_over_derived"] = spread([a / b for a, b in zip(times["lazy4_run"], derived)])
+    if {"nn1_reuse4_run", "nn1_reuse_fresh", "nn1_reuse_held"} <= set(times):
+        derived = per_round(times, "nn1_reuse_fresh", "nn1_reuse_held", 4)
+        rec["nn1_reuse4_run_over_derived"] = spread([a / b for a, b in zip(times["nn1_reuse4_run"], derived)])
     if profile_dir is not None:
         rec["profile"] = _profile(variants, profile_dir / f"train_cost_{name}_profile.txt")
     return rec
+
+
+def _four_steps(cfg, shape, data, process):
+    state = new_state(cfg, shape)
+
+    def run():
+        for _ in range(4):
+            train_step(state, data, process, cfg)
+
+    return run
 
 
 def _profile(variants, path: Path) -> str:
@@ -194,6 +228,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny nets and batches")
     parser.add_argument("--setups", default="digits,mnist", help="comma-separated: digits, mnist, cifar32")
     parser.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default {MIN_ROUNDS}; --quick 3)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated variants to time (ddpm and ddpm_bare always are; rows that need "
+                             "another variant are left out); default all")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of plain and ddpm")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads (default 1: CPU time then measures the computation; "
@@ -214,7 +251,8 @@ def main() -> None:
     for name in args.setups.split(","):
         print(f"timing {name}", flush=True)
         rounds = repeats if q or name != "digits" else max(repeats, 15)  # digits: steps of milliseconds
-        records.append(run_setup(name, rounds, warmup, min_time, q, out.parent if args.profile else None))
+        only = set(args.variants.split(",")) - {""}
+        records.append(run_setup(name, rounds, warmup, min_time, q, out.parent if args.profile else None, only))
     result = {"benchmark": "train_cost", "quick": q, "environment": environment(),
               "measure": "CPU seconds (time.process_time) at one thread; wall seconds beside",
               "targets_over_ddpm_max": {r["setup"]: r["target_over_ddpm_max"] for r in records}, "setups": records}
@@ -233,6 +271,9 @@ def main() -> None:
                       x["wall_over_ddpm"], x["verdict"]] for x in r["rows"]]))
         if "lazy4_run_over_derived" in r:
             print(f"\nlazy gp_every = 4 timed as a run / derived from plain and nogp: {fmt_spread(r['lazy4_run_over_derived'])}")
+        if "nn1_reuse4_run_over_derived" in r:
+            print("N_n = 1, gp_every = 4, gp_lazy reuse timed as a run / derived from its fresh and held steps: "
+                  f"{fmt_spread(r['nn1_reuse4_run_over_derived'])}")
         if "profile" in r:
             print(f"{r['setup']}: profile in {r['profile']}")
     print(f"\nwrote {out}")

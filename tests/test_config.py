@@ -37,6 +37,7 @@ def test_overrides_are_typed():
     ("sample.num_levels=0", "sample.num_levels must be > 0"),
     ("process.t_min=1.0", "t_min < process.t_max"),
     ("model.kernel=cosine", "model.kernel must be one of"),
+    ("train.gp_lazy=often", "train.gp_lazy must be one of"),
     ("sample.leave_one_out=maybe", "must be of type bool"),
     ("train.ema_decay=1.5", r"train.ema_decay must be in \[0, 1\)"),
     ("steps", "--set expects key=value"),

@@ -21,13 +21,17 @@ def _final(run: Path) -> dict:
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
-def test_two_gloo_processes_match_one(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--set", "train.gp_every=3", "--set", "train.gp_lazy=reuse"]],
+                         ids=["plain", "reuse"])
+def test_two_gloo_processes_match_one(tmp_path, extra):
+    """extra 'reuse': the kept penalty gradient is summed over ranks like the step's own."""
+    args = [*ARGS, *extra]
     single = tmp_path / "single"
-    assert main(["train", *ARGS, "--out", str(single), "--no-progress"]) == 0
+    assert main(["train", *args, "--out", str(single), "--no-progress"]) == 0
     double = tmp_path / "double"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dmmd", "train", *ARGS,
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dmmd", "train", *args,
                              "--out", str(double), "--no-progress"], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

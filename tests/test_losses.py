@@ -189,13 +189,13 @@ def test_train_step_penalises_every_kth_step(monkeypatch):
     cfg = _tiny_config("train.gp_every=3", "train.lambda_gp=0.5")
     state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
     scales = []
-    real = training.dmmd_loss
+    real = training.dmmd_loss_parts
 
     def spy(*args, **kwargs):
         scales.append(kwargs["gp_scale"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "dmmd_loss", spy)
+    monkeypatch.setattr(training, "dmmd_loss_parts", spy)
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     records = [training.train_step(state, data, process, cfg) for _ in range(6)]
     assert scales == [0, 0, 3, 0, 0, 3]
@@ -205,20 +205,21 @@ def test_train_step_penalises_every_kth_step(monkeypatch):
         assert r["loss"] == pytest.approx(-r["mmd2"] + penalty + 0.1 * r["l2"], rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("method,every,clip,expected", [
-    ("dmmd", 3, 1.0, [1.0, 1.0, 3.0, 1.0, 1.0, 3.0]),  # penalty steps 3 and 6 (1-based) clip at k grad_clip
-    ("dmmd", 1, 0.5, [0.5] * 6),
-    ("dmmd", 4, 0.0, [math.inf] * 6),  # grad_clip 0: no clipping
-    ("ddpm", 3, 1.0, [1.0] * 6),  # the baselines have no penalty to weight
+@pytest.mark.parametrize("method,every,clip,expected,lazy", [
+    ("dmmd", 3, 1.0, [1.0, 1.0, 3.0, 1.0, 1.0, 3.0], "scale"),  # penalty steps 3 and 6 (1-based) clip at k grad_clip
+    ("dmmd", 1, 0.5, [0.5] * 6, "scale"),
+    ("dmmd", 4, 0.0, [math.inf] * 6, "scale"),  # grad_clip 0: no clipping
+    ("ddpm", 3, 1.0, [1.0] * 6, "scale"),  # the baselines have no penalty to weight
+    ("dmmd", 3, 1.0, [1.0] * 6, "reuse"),  # every step carries the penalty at weight 1
 ])
-def test_clip_threshold_follows_the_lazy_weight(monkeypatch, method, every, clip, expected):
+def test_clip_threshold_follows_the_lazy_weight(monkeypatch, method, every, clip, expected, lazy):
     """With train.gp_every = k the penalty step's gradient carries a k-fold penalty; its clip
     threshold is k grad_clip so that clipping (active on every DMMD step: norms of 10-25 against
     1) does not scale the k back out. Checked on the thresholds train_step hands to the clip."""
     from dmmd import training
     from dmmd.pipeline import build_process
 
-    cfg = _tiny_config(f"method={method}", f"train.gp_every={every}", f"train.grad_clip={clip}",
+    cfg = _tiny_config(f"method={method}", f"train.gp_every={every}", f"train.grad_clip={clip}", f"train.gp_lazy={lazy}",
                        *(["sample.sampler=ddpm"] if method == "ddpm" else []))
     state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
     seen = []
@@ -235,16 +236,18 @@ def test_clip_threshold_follows_the_lazy_weight(monkeypatch, method, every, clip
     assert seen == expected
 
 
-def test_lazy_regularisation_resumes_exactly(tmp_path):
-    """A run with train.gp_every = 3 stopped at step 4 (between penalty steps) and resumed ends
-    with the same weights, EMA and optimizer state as the uninterrupted run."""
+@pytest.mark.parametrize("lazy", ["scale", "reuse"])
+def test_lazy_regularisation_resumes_exactly(tmp_path, lazy):
+    """A run with train.gp_every = 3 stopped at step 5 (between penalty steps; under 'reuse' the
+    kept gradient of step 4 is still in use) and resumed ends with the same weights, EMA and
+    optimizer state as the uninterrupted run."""
     from dmmd.training import train
 
     data = torch.randn(128, 2, generator=torch.Generator().manual_seed(1))
-    cfg = _tiny_config("train.gp_every=3", "train.steps=8", "train.checkpoint_every=4", "train.best_by=none")
+    lazy_keys = ("train.gp_every=3", f"train.gp_lazy={lazy}", "train.checkpoint_every=5", "train.best_by=none")
+    cfg = _tiny_config(*lazy_keys, "train.steps=8")
     whole = train(cfg, data, tmp_path / "whole", progress=False)
-    train(_tiny_config("train.gp_every=3", "train.steps=4", "train.checkpoint_every=4", "train.best_by=none"),
-          data, tmp_path / "split", progress=False)
+    train(_tiny_config(*lazy_keys, "train.steps=5"), data, tmp_path / "split", progress=False)
     resumed = train(cfg, data, tmp_path / "split", resume=True, progress=False)
     assert resumed.step == whole.step == 8
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
@@ -254,3 +257,69 @@ def test_lazy_regularisation_resumes_exactly(tmp_path):
     lazy_free = train(_tiny_config("train.steps=8", "train.best_by=none"), data, tmp_path / "every", progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
                                                      lazy_free.model.state_dict().values()))
+
+
+def test_reuse_adds_the_kept_penalty_gradient(monkeypatch):
+    """train.gp_lazy = reuse, gp_every = 3: the penalty is computed on steps 1 and 4 (1-based) at
+    weight lambda_gp, and the gradient each step hands to Adam is the gradient of that step's
+    -MMD2 + L2 part plus the penalty's gradient at the weights and batch of the last penalty step.
+    The reference recomputes both parts from the arguments and weights of each step (clip off)."""
+    import copy
+
+    from dmmd import training
+    from dmmd.pipeline import build_process
+
+    cfg = _tiny_config("train.gp_every=3", "train.gp_lazy=reuse", "train.lambda_gp=0.5", "train.grad_clip=0")
+    state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
+    calls, applied = [], []
+    real = training.dmmd_loss_parts
+
+    def spy(model, x, x_prime, t_levels, proc, lambda_gp, lambda_l2, gen, *args, **kwargs):
+        calls.append(dict(model=copy.deepcopy(model), x=x, x_prime=x_prime, t=t_levels, gen=gen.get_state(),
+                          scale=kwargs["gp_scale"]))
+        return real(model, x, x_prime, t_levels, proc, lambda_gp, lambda_l2, gen, *args, **kwargs)
+
+    monkeypatch.setattr(training, "dmmd_loss_parts", spy)
+    step = state.optimizer.step
+
+    def record(*args, **kwargs):
+        applied.append([p.grad.clone() for p in state.model.parameters()])
+        return step(*args, **kwargs)
+
+    state.optimizer.step = record
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    records = [training.train_step(state, data, process, cfg) for _ in range(6)]
+    assert [c["scale"] for c in calls] == [1, 0, 0, 1, 0, 0]
+    assert [("gp" in r) for r in records] == [True, False, False, True, False, False]
+
+    def parts(c):  # both parts at that step's weights and draws, the penalty at weight lambda_gp
+        rest, penalty, _ = real(c["model"], c["x"], c["x_prime"], c["t"], process, 0.5, cfg.train.lambda_l2,
+                                torch.Generator().set_state(c["gen"]), gp_scale=1)
+        params = list(c["model"].parameters())
+        return torch.autograd.grad(rest, params, retain_graph=True), torch.autograd.grad(penalty, params)
+
+    grads = [parts(c) for c in calls]
+    for i in range(6):
+        kept = grads[i - i % 3][1]
+        for got, main, pen in zip(applied[i], grads[i][0], kept):
+            torch.testing.assert_close(got, main + pen, rtol=1e-5, atol=1e-6)
+    assert any(float(g.abs().max()) > 1e-4 for g in grads[0][1])  # the penalty has a gradient to keep
+    with pytest.raises(AssertionError):  # and leaving it out would show
+        torch.testing.assert_close(applied[1][0], grads[1][0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_reuse_checkpoint_with_foreign_cache_refused():
+    from dmmd import checkpoint as ckpt
+    from dmmd import training
+
+    cfg = _tiny_config("train.gp_every=3", "train.gp_lazy=reuse")
+    state = training.new_state(cfg, (2,))
+    payload = training.state_payload(state, cfg)
+    assert "gp_cache" not in payload  # nothing kept yet
+    payload["gp_cache"] = [torch.zeros(3)]
+    with pytest.raises(ckpt.CheckpointError, match="gp_cache"):
+        training.restore_state(training.new_state(cfg, (2,)), payload)
+    payload["gp_cache"] = [torch.ones_like(p) for p in state.model.parameters()]
+    fresh = training.new_state(cfg, (2,))
+    training.restore_state(fresh, payload)
+    assert all(torch.equal(g, torch.ones_like(g)) for g in fresh.gp_cache)

@@ -9,7 +9,9 @@ For each of N_n levels t_j (one level shared by the batch at that level):
     L2_j   = mean(a^2) + mean(b^2)
 Loss = mean_j loss_j. Lazy regularisation (train.gp_every = k, StyleGAN2's lazy R1, SPEC 10): the
 training loop passes gp_scale = k on every k-th step (the penalty weighted k lambda_gp) and
-gp_scale = 0 on the others, where the interpolates' forward and the double backward are skipped. KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
+gp_scale = 0 on the others, where the interpolates' forward and the double backward are skipped.
+Its 'reuse' form (train.gp_lazy = reuse): the penalty at weight lambda_gp on steps 1, k + 1, ...,
+its parameter gradient kept and added unchanged on the k - 1 steps after (dmmd_loss_parts). KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
 and uses a one-sided penalty relu(||grad h|| - 1)^2 (SPEC 8).
 
 All levels' clean and corrupted inputs go through the backbone in one forward pass of 2 N_n B
@@ -49,7 +51,20 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
               ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0,
               y: Tensor | None = None, y_prime: Tensor | None = None) -> tuple[Tensor, dict]:
     """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
-    kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss.
+    kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss. The loss is
+    the sum of dmmd_loss_parts' two parts (arguments as there)."""
+    rest, penalty, terms = dmmd_loss_parts(disc, x, x_prime, t_levels, process, lambda_gp, lambda_l2, generator, ctx,
+                                           gp_fraction, gp_scale, y, y_prime)
+    return rest + penalty, terms
+
+
+def dmmd_loss_parts(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
+                    lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
+                    ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0,
+                    y: Tensor | None = None, y_prime: Tensor | None = None) -> tuple[Tensor, Tensor | float, dict]:
+    """Algorithm 1's loss in two parts: (-divergence + lambda_l2 L2, gp_scale lambda_gp GP, terms);
+    the penalty part is 0.0 (a float) when gp_scale = 0. Lazy regularisation in its 'reuse' form
+    (train.gp_lazy) takes the gradient of the penalty part alone.
 
     gp_scale multiplies lambda_gp; gp_scale = 0 leaves the penalty out (no 'gp' term): nothing
     of it is computed, though the interpolation weights are still drawn, so the generator's
@@ -121,7 +136,7 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
         penalty = gp_scale * lambda_gp * gp
     count = num_levels * batch  # global number of rows per feature set
     l2 = (a_loc.pow(2).sum() + b_loc.pow(2).sum()) / (count * a_loc.shape[-1])
-    loss = -divergence.mean() / ctx.world_size + penalty + lambda_l2 * l2
+    rest = -divergence.mean() / ctx.world_size + lambda_l2 * l2
     name = "kale" if disc.objective == "kale" else "mmd2"
     terms = {name: divergence.mean().detach(), **({"gp": gp.detach()} if penalise else {}), "l2": l2.detach()}
-    return loss, terms
+    return rest, penalty, terms

@@ -24,7 +24,7 @@ from .distributed import Context, all_reduce_gradients, barrier, init_from_env, 
 from .ddpm import ddpm_loss
 from .conditioning import drop_labels
 from .flow_matching import fm_loss
-from .losses import dmmd_loss
+from .losses import dmmd_loss, dmmd_loss_parts
 from .pipeline import build_process, calibrate
 from .runlog import RunLog
 from .runfolder import Interrupted, check_resume, signal_name, stop_requested, stop_signals
@@ -45,6 +45,7 @@ class TrainState:
     step: int = 0
     stats: dict | None = None
     best: dict | None = None  # {"step", "val_loss"} of checkpoints/best.pt (train.best_by = 'val_loss')
+    gp_cache: list[torch.Tensor] | None = None  # the penalty's parameter gradient under train.gp_lazy = 'reuse'
 
 
 def warmup_ema(decay: float):
@@ -78,7 +79,7 @@ def state_payload(state: TrainState, cfg: Config) -> dict:
     return {"config": to_json(cfg), "step": state.step, "data_shape": list(state.data_shape), "model": state.model.state_dict(),
             "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
             "rng": {"train": state.generator.get_state()}, "stats": state.stats or {},
-            "best": state.best or {}}
+            "best": state.best or {}, **({"gp_cache": state.gp_cache} if state.gp_cache is not None else {})}
 
 
 def restore_state(state: TrainState, payload: dict) -> None:
@@ -92,6 +93,12 @@ def restore_state(state: TrainState, payload: dict) -> None:
         raise ckpt.CheckpointError(f"checkpoint does not match this config's model: {str(err).splitlines()[0]}") from None
     state.step, state.stats = int(payload["step"]), payload.get("stats") or None
     state.best = payload.get("best") or None
+    cache = payload.get("gp_cache")
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    if cache is not None and (not isinstance(cache, list) or len(cache) != len(params) or any(
+            not isinstance(g, torch.Tensor) or g.shape != p.shape for g, p in zip(cache, params))):
+        raise ckpt.CheckpointError("checkpoint's gp_cache (the reused penalty gradient) does not match the model's parameters")
+    state.gp_cache = None if cache is None else [g.to(p.device, p.dtype) for g, p in zip(cache, params)]
 
 
 def stop_at_boundary(state: TrainState, cfg: Config, run_dir: Path, first_step: int, log: RunLog) -> None:
@@ -144,13 +151,23 @@ def clip_threshold(tc, step: int, method: str = "dmmd") -> float:
     threshold by the same k keeps the penalty-to-MMD ratio of the k steps that of gp_every = 1."""
     if tc.grad_clip <= 0:
         return math.inf
-    return tc.grad_clip * (max(gp_weight(tc, step), 1) if method == "dmmd" else 1)
+    return tc.grad_clip * (max(gp_weight(tc, step), 1) if method == "dmmd" and not reuses_penalty(tc) else 1)
 
 
 def gp_weight(tc, step: int) -> int:
     """The penalty's multiple of lambda_gp on the step after `step` steps: train.gp_every = k on
-    steps k, 2k, ... (1-based, as logged), 0 on the others (k = 1: every step, weight 1)."""
+    steps k, 2k, ... (1-based, as logged), 0 on the others (k = 1: every step, weight 1).
+    Under train.gp_lazy = 'reuse': 1 on steps 1, k + 1, 2k + 1, ..., 0 on the others."""
+    if reuses_penalty(tc):
+        return int(step % tc.gp_every == 0)
     return tc.gp_every if (step + 1) % tc.gp_every == 0 else 0
+
+
+def reuses_penalty(tc) -> bool:
+    """Lazy regularisation in its 'reuse' form: the penalty's gradient computed on every k-th step
+    (train.gp_every = k > 1) at weight lambda_gp and added unchanged on the k - 1 steps after, so
+    that every step carries the penalty at its plain weight and the clip threshold stays put."""
+    return tc.gp_every > 1 and tc.gp_lazy == "reuse"
 
 
 def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context(),
@@ -162,6 +179,7 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
     batch's rows gets the null label, drawn from the training generator right after the indices."""
     tc, gen = cfg.train, state.generator
     baseline = cfg.method != "dmmd"  # DDPM and flow matching: one batch, a regression loss
+    reuse = not baseline and reuses_penalty(tc)
     idx = torch.randint(0, len(train_data), ((1 if baseline else 2) * tc.batch_size,), generator=gen, device=gen.device)
     batch = as_layout(_batch(train_data, idx, state.step), tc.channels_last)
     y = None
@@ -177,15 +195,32 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
             x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
-            loss, terms = dmmd_loss(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
-                                    tc.gp_fraction, gp_scale=gp_weight(tc, state.step), **pair)
+            fresh = reuse and (state.gp_cache is None or gp_weight(tc, state.step) > 0)
+            loss, penalty, terms = dmmd_loss_parts(state.model, x, x_prime, t_levels, process, tc.lambda_gp,
+                                                   tc.lambda_l2, gen, ctx, tc.gp_fraction,
+                                                   gp_scale=int(fresh) if reuse else gp_weight(tc, state.step), **pair)
+            if not reuse:
+                loss = loss + penalty
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
     state.optimizer.zero_grad(set_to_none=True)
+    cache = None
     if bad is None:
+        if reuse:
+            params = [p for p in state.model.parameters() if p.requires_grad]
+            cache = state.gp_cache
+            if fresh:  # the penalty's gradient alone, kept for the k - 1 steps after this one
+                penalty.backward(retain_graph=True)
+                all_reduce_gradients(params, ctx)
+                cache = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+                state.optimizer.zero_grad(set_to_none=True)
+                loss = loss + penalty.detach()
         loss.backward()
         all_reduce_gradients(state.model.parameters(), ctx)
+        if reuse:
+            for p, g in zip(params, cache):
+                p.grad = g.clone() if p.grad is None else p.grad.add_(g)
         grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_threshold(tc, state.step, cfg.method))
         if not torch.isfinite(grad_norm):
             bad = "gradient"
@@ -196,6 +231,8 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         return {"skipped": bad}
+    if cache is not None:  # kept only from a step that was taken
+        state.gp_cache = cache
     state.optimizer.step()
     state.ema.update_parameters(state.model)
     state.step += 1
