@@ -56,7 +56,8 @@ def rows(sampler: dict, train: dict) -> list[list]:
                        + (", gp_lazy reuse" if setup.get("preset_gp_lazy") == "reuse" else ""))
             label = (f"DMMD step / DDPM step, {setup['setup']} (batch {setup['batch_size']}): "
                      + (f"as shipped ({shipped})" if r["row"] == "as shipped" else r["row"]))
-            out.append([label, f"<= {setup['target_over_ddpm_max']}", _cell(r["over_ddpm"]), r["verdict"]])
+            target = setup["target_over_ddpm_max"]
+            out.append([label, "-" if target is None else f"<= {target}", _cell(r["over_ddpm"]), r["verdict"]])
     return out
 
 
