@@ -3,7 +3,7 @@ for the options that make the gradient penalty cheaper.
 
     python benchmarks/train_cost.py [--quick] [--setups digits,fashion,mnist] [--out benchmarks/results/train_cost.json]
 
-The measure is CPU time (time.process_time) at one thread, at least 5 rounds (15 on digits,
+The measure is CPU time (time.process_time) at one thread, at least 5 rounds (15 on the MLPs,
 whose steps take milliseconds), variants timed round-robin; tables give median (min-max) and
 verdicts are taken on medians (see _timing.py).
 
@@ -12,7 +12,7 @@ Setups, at the presets' settings (random data of the right shape: a step costs t
   fashion  configs/fashion_mnist_latent.toml: the FeatureMLP (width 256, depth 3) on the autoencoder's
            32-D latents, batch 128, N_n = 2 (the quality studies' Fashion-MNIST MLP; no target).
   mnist    configs/mnist.toml: U-Net base_channels 32, channel_mults [1, 2, 2], one res block,
-           attention at 14, flatten head, on 1x28x28, batch 64, N_n = 2 (train.device = cpu).
+           attention at 14, flatten head, on 1x28x28, batch 64, N_n = 1 (train.device = cpu).
   cifar32  configs/cifar10.toml reduced to base_channels 32 and batch 32 (not run by default).
 DDPM uses the same backbone with its epsilon head (dmmd.ddpm.build_eps_net).
 
@@ -93,7 +93,7 @@ VARIANTS = {  # name: overrides on PAPER; each *_nogp pairs with the variant of 
     "nn1_reuse_fresh": ["train.num_levels=1", NEVER, "train.gp_lazy=reuse"],
     "nn1_reuse_held": ["train.num_levels=1", NEVER, "train.gp_lazy=reuse"],
 }
-FRESH = ("nn1_reuse_fresh", "shipped_fresh")  # the kept penalty gradient is dropped before each timed step
+FRESH = ("nn1_reuse_fresh",)  # the kept penalty gradient is dropped before each timed step (and a reusing preset's "shipped")
 # (row, with-penalty variant, without-penalty variant or None)
 ROWS = [("as shipped", "shipped", "shipped_nogp"), ("plain (N_n = 2, penalty every step)", "plain", None),
         ("no penalty at all", "nogp", None)]
