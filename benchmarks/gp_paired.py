@@ -19,6 +19,9 @@ from pathlib import Path
 
 from scipy import stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gp_quality import verdicts  # noqa: E402  (the issue's rule, as gp_quality.py judges it)
+
 
 def load_rows(paths) -> list[dict]:
     merged = {}
@@ -34,6 +37,7 @@ def table(rows: list[dict], reference: str) -> str:
     for r in rows:
         by.setdefault((r["variant"], r["nfe"]), {})[r["seed"]] = r
     variants = [reference] + sorted({v for v, _ in by} - {reference})
+    rule = {(x["variant"], x["nfe"]): x for x in verdicts(rows, variants, reference)}
     lines = ["| variant | NFE | steps | seeds | FD mean (min-max) | reference mean | allowed | rule | "
              "paired differences (by seed) | mean difference (paired t, two-sided p) | near-duplicates | NN ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -41,13 +45,11 @@ def table(rows: list[dict], reference: str) -> str:
         ref = by.get((reference, nfe))
         if not ref:
             continue
-        rv = [ref[s]["metric"] for s in sorted(ref)]
         for v in variants:
             d = by.get((v, nfe))
             if not d:
                 continue
-            vals = [d[s]["metric"] for s in sorted(d)]
-            allowed = statistics.mean(rv) + max(max(rv) - min(rv), max(vals) - min(vals))
+            judged = rule[(v, nfe)]
             common = sorted(set(d) & set(ref))
             diffs = [d[s]["metric"] - ref[s]["metric"] for s in common]
             paired = "-"
@@ -55,9 +57,9 @@ def table(rows: list[dict], reference: str) -> str:
                 paired = f"{statistics.mean(diffs):+.2f} (p = {stats.ttest_1samp(diffs, 0.0).pvalue:.3f})"
             steps = sorted({d[s]["steps"] for s in d})
             lines.append(
-                f"| {v} | {nfe} | {'/'.join(map(str, steps))} | {len(vals)} | {statistics.mean(vals):.1f} "
-                f"({min(vals):.1f}-{max(vals):.1f}) | {statistics.mean(rv):.1f} | {allowed:.1f} | "
-                f"{'within' if statistics.mean(vals) <= allowed else 'worse'} | "
+                f"| {v} | {nfe} | {'/'.join(map(str, steps))} | {len(d)} | {judged['mean']:.1f} "
+                f"({judged['min']:.1f}-{judged['max']:.1f}) | {judged['reference_mean']:.1f} | {judged['allowed']:.1f} | "
+                f"{'worse' if judged['verdict'] == 'worse' else 'within'} | "
                 + ("-" if v == reference else ", ".join(f"{s}: {x:+.2f}" for s, x in zip(common, diffs)))
                 + f" | {paired} | {max(x['near_duplicates'] for x in d.values()):.3f} | "
                 f"{min(x['nn_to_train_ratio'] for x in d.values()):.2f}-{max(x['nn_to_train_ratio'] for x in d.values()):.2f} |")
