@@ -41,7 +41,7 @@ VARIANTS = {
     "nn1": {"train.num_levels": 1},
     "gp25": {"train.gp_fraction": 0.25},
     "nn1_gp25": {"train.num_levels": 1, "train.gp_fraction": 0.25},
-    **{f"nn1_reuse{k}": {"train.num_levels": 1, "train.gp_every": k, "train.gp_lazy": "reuse"} for k in (4, 6, 8)},
+    **{f"nn1_reuse{k}": {"train.num_levels": 1, "train.gp_every": k, "train.gp_lazy": "reuse"} for k in (3, 4, 6, 8)},
 }
 
 

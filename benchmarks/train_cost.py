@@ -30,8 +30,8 @@ Timed variants (dmmd.training.train_step: batch indexing, loss, backward, clippi
   nn1_gp25       train.num_levels = 1 and train.gp_fraction = 0.25.
   bf16, bf16_nogp  train.precision = bf16 (autocast), with and without the penalty.
   nn1_reuse_fresh, nn1_reuse_held  N_n = 1 under train.gp_lazy = reuse: a step that computes the
-                 penalty and keeps its gradient (two backward passes through the clean and corrupted
-                 features), and a step that adds the kept gradient instead.
+                 penalty and keeps its gradient (the work of an nn1 step), and a step that adds the
+                 kept gradient instead (the work of an nn1_nogp step).
 Lazy regularisation (train.gp_every = k) runs one penalty step (the cost of the variant with
 the penalty: gp_scale k changes no work) and k - 1 steps without, so its cost per step is
 (with + (k - 1) without) / k, formed per round from the two variants timed in that round. On
@@ -76,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"digits": 2.5, "mnist": 3.0, "cifar32": 3.0}  # fashion: none (the issue sets none)
 NEVER = "train.gp_every=1000000"  # no timed step reaches a multiple of it: steps without the penalty
 LAZY = (4, 16)
-REUSE = (4, 6, 8)
+REUSE = (3, 4, 6, 8)
 
 SETUPS = {
     "digits": ("digits.toml", (64,), []),

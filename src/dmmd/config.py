@@ -88,7 +88,7 @@ class TrainConfig:
     lambda_l2: float = 0.1
     gp_fraction: float = 1.0  # share of each level's interpolates the gradient penalty sees, in (0, 1]
     gp_every: int = 1  # lazy regularisation (SPEC 10): the penalty only on steps k, 2k, ... (1-based, as logged), weighted k lambda_gp
-    gp_lazy: str = "scale"  # with gp_every = k > 1: scale (above) | reuse (the penalty at weight 1 on steps 1, k+1, ...; its gradient added again on the k-1 steps after)
+    gp_lazy: str = "scale"  # with gp_every = k > 1: scale (above) | reuse (the penalty at weight 1 on steps 1, k+1, ...; its gradient kept and added again on the k-1 steps after, docs/method.md)
     lr: float = 2e-4
     beta1: float = 0.9
     beta2: float = 0.999

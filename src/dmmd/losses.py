@@ -11,7 +11,7 @@ Loss = mean_j loss_j. Lazy regularisation (train.gp_every = k, StyleGAN2's lazy 
 training loop passes gp_scale = k on every k-th step (the penalty weighted k lambda_gp) and
 gp_scale = 0 on the others, where the interpolates' forward and the double backward are skipped.
 Its 'reuse' form (train.gp_lazy = reuse): the penalty at weight lambda_gp on steps 1, k + 1, ...,
-its parameter gradient kept and added unchanged on the k - 1 steps after (dmmd_loss_parts). KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
+its gradient kept and added again on the k - 1 steps after (dmmd_loss_parts with hold_population). KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
 and uses a one-sided penalty relu(||grad h|| - 1)^2 (SPEC 8).
 
 All levels' clean and corrupted inputs go through the backbone in one forward pass of 2 N_n B
@@ -25,6 +25,7 @@ local penalty sums by the global count, so the loss summed over ranks is the sin
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,6 +34,18 @@ from . import divergences as dv
 from .discriminator import Discriminator
 from .distributed import Context, gather_rows
 from .noising import Process
+
+
+class LossParts(NamedTuple):
+    """dmmd_loss_parts' result. rest: -divergence + lambda_l2 L2; penalty: gp_scale lambda_gp GP (0.0
+    when gp_scale = 0); terms: {name: detached value}; features: (a, b), the clean and corrupted
+    features of every level, (L, B, D) each, in the graph; held: with hold_population, the detached
+    copies of (a, b) that the penalty's witness reads (leaves that require grad), else None."""
+    rest: Tensor
+    penalty: Tensor | float
+    terms: dict
+    features: tuple[Tensor, Tensor]
+    held: tuple[Tensor, Tensor] | None
 
 
 def _repeat(x: Tensor, times: int) -> Tensor:
@@ -53,18 +66,25 @@ def dmmd_loss(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor,
     """Algorithm 1's loss for one step; returns (loss, {term: detached tensor}) with terms mmd2 (or
     kale), gp, l2. With ctx.world_size > 1 it is this rank's share of the global loss. The loss is
     the sum of dmmd_loss_parts' two parts (arguments as there)."""
-    rest, penalty, terms = dmmd_loss_parts(disc, x, x_prime, t_levels, process, lambda_gp, lambda_l2, generator, ctx,
-                                           gp_fraction, gp_scale, y, y_prime)
-    return rest + penalty, terms
+    parts = dmmd_loss_parts(disc, x, x_prime, t_levels, process, lambda_gp, lambda_l2, generator, ctx,
+                            gp_fraction, gp_scale, y, y_prime)
+    return parts.rest + parts.penalty, parts.terms
 
 
 def dmmd_loss_parts(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: Tensor, process: Process,
                     lambda_gp: float, lambda_l2: float, generator: torch.Generator | None = None,
                     ctx: Context = Context(), gp_fraction: float = 1.0, gp_scale: float = 1.0,
-                    y: Tensor | None = None, y_prime: Tensor | None = None) -> tuple[Tensor, Tensor | float, dict]:
-    """Algorithm 1's loss in two parts: (-divergence + lambda_l2 L2, gp_scale lambda_gp GP, terms);
-    the penalty part is 0.0 (a float) when gp_scale = 0. Lazy regularisation in its 'reuse' form
-    (train.gp_lazy) takes the gradient of the penalty part alone.
+                    y: Tensor | None = None, y_prime: Tensor | None = None,
+                    hold_population: bool = False) -> LossParts:
+    """Algorithm 1's loss in two parts, rest = -divergence + lambda_l2 L2 and penalty = gp_scale
+    lambda_gp GP (0.0, a float, when gp_scale = 0), with the terms and the features (LossParts).
+
+    hold_population: the penalty's witness reads the batch features (a, b) through detached leaves
+    (LossParts.held), so that the penalty's graph is the interpolates' alone. Lazy regularisation in
+    its 'reuse' form (train.gp_lazy) takes the gradient of the penalty with respect to the
+    parameters along that graph and with respect to the leaves (c_a, c_b); the penalty's full
+    gradient is the first plus the gradient of <c_a, a> + <c_b, b> (a, b in the graph), which rides
+    on the backward pass of `rest`: no part of the network is traversed twice.
 
     gp_scale multiplies lambda_gp; gp_scale = 0 leaves the penalty out (no 'gp' term): nothing
     of it is computed, though the interpolation weights are still drawn, so the generator's
@@ -114,16 +134,17 @@ def dmmd_loss_parts(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: T
             witness_values = disc.critic_value(fu.reshape(-1, fu.shape[-1])).view(num_levels, -1)
     else:
         divergence, witness_values = [], []
+        wa, wb = held = (a.detach().requires_grad_(True), b.detach().requires_grad_(True)) if hold_population else (a, b)
         for j in range(num_levels):
             kernel = disc.kernel(t_levels[j])
             if disc.kernel_name == "linear":
                 divergence.append(dv.mmd2_linear_unbiased(a[j], b[j]))
                 if penalise:
-                    witness_values.append(dv.linear_witness(fu[j], a[j].mean(0), b[j].mean(0)))
+                    witness_values.append(dv.linear_witness(fu[j], wa[j].mean(0), wb[j].mean(0)))
             else:
                 divergence.append(dv.mmd2(kernel, a[j], b[j], unbiased=True))
                 if penalise:
-                    witness_values.append(dv.witness(kernel, fu[j], a[j], b[j]))
+                    witness_values.append(dv.witness(kernel, fu[j], wa[j], wb[j]))
         divergence = torch.stack(divergence)
         witness_values = torch.stack(witness_values) if penalise else None
 
@@ -139,4 +160,4 @@ def dmmd_loss_parts(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: T
     rest = -divergence.mean() / ctx.world_size + lambda_l2 * l2
     name = "kale" if disc.objective == "kale" else "mmd2"
     terms = {name: divergence.mean().detach(), **({"gp": gp.detach()} if penalise else {}), "l2": l2.detach()}
-    return rest, penalty, terms
+    return LossParts(rest, penalty, terms, (a, b), held if hold_population and disc.objective != "kale" else None)

@@ -45,7 +45,7 @@ class TrainState:
     step: int = 0
     stats: dict | None = None
     best: dict | None = None  # {"step", "val_loss"} of checkpoints/best.pt (train.best_by = 'val_loss')
-    gp_cache: list[torch.Tensor] | None = None  # the penalty's parameter gradient under train.gp_lazy = 'reuse'
+    gp_cache: list[torch.Tensor] | None = None  # the kept penalty gradient under train.gp_lazy = 'reuse' (kept_penalty_gradient)
 
 
 def warmup_ema(decay: float):
@@ -95,10 +95,22 @@ def restore_state(state: TrainState, payload: dict) -> None:
     state.best = payload.get("best") or None
     cache = payload.get("gp_cache")
     params = [p for p in state.model.parameters() if p.requires_grad]
-    if cache is not None and (not isinstance(cache, list) or len(cache) != len(params) or any(
-            not isinstance(g, torch.Tensor) or g.shape != p.shape for g, p in zip(cache, params))):
-        raise ckpt.CheckpointError("checkpoint's gp_cache (the reused penalty gradient) does not match the model's parameters")
-    state.gp_cache = None if cache is None else [g.to(p.device, p.dtype) for g, p in zip(cache, params)]
+    if cache is not None and not valid_gp_cache(cache, params, state.model):
+        raise ckpt.CheckpointError("checkpoint's gp_cache (the reused penalty gradient) does not match the model's "
+                                   "parameters (written by another model or version; resume without train.gp_lazy = reuse "
+                                   "or from a checkpoint of this model)")
+    state.gp_cache = None if cache is None else [g.to(params[0].device, params[0].dtype) for g in cache]
+
+
+def valid_gp_cache(cache, params: list[torch.Tensor], model: torch.nn.Module) -> bool:
+    """A kept 'reuse' gradient: one tensor per parameter of its shape, then (unless the objective is
+    KALE) two feature cotangents of one shape (L, B, D)."""
+    if not isinstance(cache, list) or not all(isinstance(g, torch.Tensor) for g in cache):
+        return False
+    extra = 0 if getattr(model, "objective", "mmd") == "kale" else 2
+    if len(cache) != len(params) + extra or any(g.shape != p.shape for g, p in zip(cache, params)):
+        return False
+    return extra == 0 or (cache[-1].ndim == 3 and cache[-1].shape == cache[-2].shape)
 
 
 def stop_at_boundary(state: TrainState, cfg: Config, run_dir: Path, first_step: int, log: RunLog) -> None:
@@ -164,10 +176,29 @@ def gp_weight(tc, step: int) -> int:
 
 
 def reuses_penalty(tc) -> bool:
-    """Lazy regularisation in its 'reuse' form: the penalty's gradient computed on every k-th step
-    (train.gp_every = k > 1) at weight lambda_gp and added unchanged on the k - 1 steps after, so
-    that every step carries the penalty at its plain weight and the clip threshold stays put."""
+    """Lazy regularisation in its 'reuse' form: the penalty computed on every k-th step (train.gp_every
+    = k > 1) at weight lambda_gp, its gradient kept (kept_penalty_gradient) and added again on the
+    k - 1 steps after: the part along the interpolates unchanged, the part through the batch
+    features at that step's features. Every step carries the penalty at its plain weight and the
+    clip threshold stays put."""
     return tc.gp_every > 1 and tc.gp_lazy == "reuse"
+
+
+def kept_penalty_gradient(parts, params: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
+    """What a 'reuse' penalty step keeps (dmmd_loss_parts with hold_population): the penalty's gradient
+    along the interpolates' graph with respect to each parameter, summed over ranks, then its
+    gradient with respect to the held batch features (c_a, c_b; (L, B, D) each, none under KALE),
+    summed over ranks and divided by their number, so that every rank holds the same list and the
+    sum over ranks of <c, features> carries the ranks' whole penalty."""
+    held = list(parts.held or ())
+    grads = torch.autograd.grad(parts.penalty, [*params, *held], allow_unused=True)
+    cache = [torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, [*params, *held])]
+    if ctx.active:
+        flat = torch.cat([g.reshape(-1) for g in cache])
+        torch.distributed.all_reduce(flat)
+        flat[sum(g.numel() for g in cache[:len(params)]):] /= ctx.world_size
+        cache = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in cache]), cache)]
+    return cache
 
 
 def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context(),
@@ -196,30 +227,29 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
             t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
                 tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
             fresh = reuse and (state.gp_cache is None or gp_weight(tc, state.step) > 0)
-            loss, penalty, terms = dmmd_loss_parts(state.model, x, x_prime, t_levels, process, tc.lambda_gp,
-                                                   tc.lambda_l2, gen, ctx, tc.gp_fraction,
-                                                   gp_scale=int(fresh) if reuse else gp_weight(tc, state.step), **pair)
-            if not reuse:
-                loss = loss + penalty
+            parts = dmmd_loss_parts(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
+                                    tc.gp_fraction, gp_scale=int(fresh) if reuse else gp_weight(tc, state.step),
+                                    hold_population=reuse, **pair)
+            loss, terms = parts.rest + (0.0 if reuse else parts.penalty), parts.terms
     if ctx.active:  # penalties are local sums; the divergence is already the global one
         terms = {k: v if k in ("mmd2", "kale") else sum_over_ranks(v, ctx) for k, v in terms.items()}
     bad = next((name for name, v in terms.items() if not torch.isfinite(v)), None)
     state.optimizer.zero_grad(set_to_none=True)
     cache = None
     if bad is None:
+        objective = loss
         if reuse:
             params = [p for p in state.model.parameters() if p.requires_grad]
-            cache = state.gp_cache
-            if fresh:  # the penalty's gradient alone, kept for the k - 1 steps after this one
-                penalty.backward(retain_graph=True)
-                all_reduce_gradients(params, ctx)
-                cache = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
-                state.optimizer.zero_grad(set_to_none=True)
-                loss = loss + penalty.detach()
-        loss.backward()
+            cache = kept_penalty_gradient(parts, params, ctx) if fresh else state.gp_cache
+            grads, coefficients = cache[:len(params)], cache[len(params):]
+            # The penalty's path through the batch features, at this step's features (exact on a fresh step).
+            objective = loss + sum((c * f).sum() for c, f in zip(coefficients, parts.features))
+            if fresh:
+                loss = loss + parts.penalty.detach()
+        objective.backward()
         all_reduce_gradients(state.model.parameters(), ctx)
         if reuse:
-            for p, g in zip(params, cache):
+            for p, g in zip(params, grads):
                 p.grad = g.clone() if p.grad is None else p.grad.add_(g)
         grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_threshold(tc, state.step, cfg.method))
         if not torch.isfinite(grad_norm):
