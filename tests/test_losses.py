@@ -368,6 +368,34 @@ def test_reuse_penalty_step_costs_a_full_penalty_step(backbone):
     assert plain * 0.98 <= reuse[1] <= plain * 1.02
 
 
+@pytest.mark.parametrize("extra", [[], ["model.objective=kale", "sample.sampler=kale"],
+                                   ["model.conditional=true", "model.num_classes=3"]], ids=["mmd", "kale", "conditional"])
+def test_reuse_penalty_step_equals_a_full_penalty_step(extra):
+    """The first step of a 'reuse' run is a penalty step at weight lambda_gp: its update (weights after
+    Adam) equals a gp_every = 1 step's from the same start and draws, for the MMD and KALE objectives
+    and a conditional discriminator; what it keeps is one tensor per parameter, plus the two feature
+    cotangents unless the objective is KALE (whose penalty does not read the batch features)."""
+    from dmmd import training
+    from dmmd.pipeline import build_process
+
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(64) % 3 if "model.conditional=true" in extra else None
+    after = {}
+    for keys in (["train.gp_every=1"], ["train.gp_every=3", "train.gp_lazy=reuse"]):
+        cfg = _tiny_config(*extra, *keys)
+        state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
+        record = training.train_step(state, data, process, cfg, labels=labels)
+        assert "gp" in record and math.isfinite(record["loss"])
+        after[keys[-1]] = (state, record)
+    (full, r_full), (reuse, r_reuse) = after["train.gp_every=1"], after["train.gp_lazy=reuse"]
+    assert r_reuse["loss"] == pytest.approx(r_full["loss"], rel=1e-5)
+    for a, b in zip(full.model.parameters(), reuse.model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    params = [p for p in reuse.model.parameters() if p.requires_grad]
+    assert len(reuse.gp_cache) == len(params) + (0 if "model.objective=kale" in extra else 2)
+    assert full.gp_cache is None
+
+
 def test_reuse_checkpoint_with_foreign_cache_refused():
     from dmmd import checkpoint as ckpt
     from dmmd import training
