@@ -259,7 +259,8 @@ def test_lazy_regularisation_resumes_exactly(tmp_path, lazy):
                                                      lazy_free.model.state_dict().values()))
 
 
-def test_reuse_adds_the_kept_penalty_gradient(monkeypatch):
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_reuse_adds_the_kept_penalty_gradient(monkeypatch, kernel):
     """train.gp_lazy = reuse, gp_every = 3: the penalty is computed on steps 1 and 4 (1-based) at
     weight lambda_gp. On those steps the gradient handed to Adam is the full gradient of -MMD2 + L2 +
     penalty. On the steps after, it is the gradient of that step's -MMD2 + L2 part, plus the
@@ -267,13 +268,15 @@ def test_reuse_adds_the_kept_penalty_gradient(monkeypatch):
     the penalty's path through the batch features: c . d(a, b)/d theta with c = dGP/d(a, b) of the
     last penalty step and (a, b) this step's features. The reference recomputes everything from the
     arguments and weights of each step (clip off), without hold_population: the interpolates' part is
-    the penalty's full gradient minus the gradient of <c, (a, b)>."""
+    the penalty's full gradient minus the gradient of <c, (a, b)>. (Linear kernel: every row of c is
+    the same, dGP/d(mean feature) / B; rbf: row i of c meets row i of the later step's batch.)"""
     import copy
 
     from dmmd import training
     from dmmd.pipeline import build_process
 
-    cfg = _tiny_config("train.gp_every=3", "train.gp_lazy=reuse", "train.lambda_gp=0.5", "train.grad_clip=0")
+    cfg = _tiny_config("train.gp_every=3", "train.gp_lazy=reuse", "train.lambda_gp=0.5", "train.grad_clip=0",
+                       f"model.kernel={kernel}", *([] if kernel == "linear" else ["sample.sampler=exact"]))
     state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
     calls, applied = [], []
     real = training.dmmd_loss_parts
@@ -300,11 +303,14 @@ def test_reuse_adds_the_kept_penalty_gradient(monkeypatch):
         rest, penalty, _, (a, b), _ = real(c["model"], c["x"], c["x_prime"], c["t"], process, 0.5, cfg.train.lambda_l2,
                                            torch.Generator().set_state(c["gen"]), gp_scale=1)
         params = list(c["model"].parameters())
-        g_rest = torch.autograd.grad(rest, params, retain_graph=True)
-        g_pen = torch.autograd.grad(penalty, params, retain_graph=True)
+        g_rest, g_pen = grad(rest, params), grad(penalty, params)
         c_ab = torch.autograd.grad(penalty, [a, b], retain_graph=True)
-        g_path = torch.autograd.grad((c_ab[0] * a).sum() + (c_ab[1] * b).sum(), params, retain_graph=True)
+        g_path = grad((c_ab[0] * a).sum() + (c_ab[1] * b).sum(), params)
         return dict(params=params, rest=g_rest, pen=g_pen, c=c_ab, path=g_path, a=a, b=b)
+
+    def grad(out, params):  # zeros where a parameter does not reach `out` (the rbf width net and the path)
+        got = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(got, params)]
 
     ref = [parts(c) for c in calls]
     for i in range(6):
@@ -313,8 +319,7 @@ def test_reuse_adds_the_kept_penalty_gradient(monkeypatch):
         else:
             f, now = ref[i - i % 3], ref[i]
             interp = [p - q for p, q in zip(f["pen"], f["path"])]
-            path_now = torch.autograd.grad((f["c"][0] * now["a"]).sum() + (f["c"][1] * now["b"]).sum(), now["params"],
-                                           retain_graph=True)
+            path_now = grad((f["c"][0] * now["a"]).sum() + (f["c"][1] * now["b"]).sum(), now["params"])
             expected = [r + g + q for r, g, q in zip(now["rest"], interp, path_now)]
         for got, want in zip(applied[i], expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -143,8 +143,9 @@ def dmmd_loss_parts(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: T
                     witness_values.append(dv.linear_witness(fu[j], wa[j].mean(0), wb[j].mean(0)))
             else:
                 divergence.append(dv.mmd2(kernel, a[j], b[j], unbiased=True))
-                if penalise:
-                    witness_values.append(dv.witness(kernel, fu[j], wa[j], wb[j]))
+                if penalise:  # held: the kernel's width is built again, so the two graphs share no node
+                    own = disc.kernel(t_levels[j]) if hold_population else kernel
+                    witness_values.append(dv.witness(own, fu[j], wa[j], wb[j]))
         divergence = torch.stack(divergence)
         witness_values = torch.stack(witness_values) if penalise else None
 
