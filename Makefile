@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -n 2 --dist loadfile
 
-# the cost benchmarks against their targets (about 15 minutes here): benchmarks/results/summary.md
+# the cost benchmarks against their targets (15-20 minutes on 2 cores): benchmarks/results/summary.md
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 

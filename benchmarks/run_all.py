@@ -5,7 +5,9 @@
 Runs sampler_cost.py and train_cost.py (each writes its own JSON under benchmarks/results/), then
 writes benchmarks/results/summary.md and summary.json: each target of the project's issues, the
 figure measured in that run (CPU time at one thread: the median over at least 5 rounds, with
-min-max), and whether it holds on the median. About 10-15 minutes here. The quality benchmarks (toy_acceptance.py,
+min-max), and whether it holds on the median. About 15-20 minutes on a 2-core CPU with native bf16
+(12-19 min on 2026-12-02); 51 min on an AVX2-only one while the bf16 rows were timed there, which
+train_cost.py now leaves out on such a CPU (--bf16 auto). The quality benchmarks (toy_acceptance.py,
 digits_acceptance.py, diversity.py, resume_kill.py) train models for minutes each and are run
 one by one (their docstrings say how).
 """
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dmmd.checkpoint import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -77,15 +81,18 @@ def main() -> None:
     lines += [f"| {name} | {target} | {value} | {verdict} |" for name, target, value, verdict in table]
     text = (f"# Cost benchmarks against their targets\n\n{time.strftime('%Y-%m-%d')}, torch "
             f"{train['environment']['torch']}, {train['environment']['threads']} thread(s), "
-            f"{'quick' if args.quick else 'full'} run, {time.time() - started:.0f} s wall.\n\n"
+            f"{'quick' if args.quick else 'full'} run, {time.time() - started:.0f} s wall, CPU "
+            f"{train['environment'].get('cpu', 'unknown')} ({train['environment'].get('cpu_capability', '?')}).\n\n"
             "Measure: CPU time (time.process_time) at one thread, at least 5 rounds per variant, timed round-robin; "
             "'measured' is the median over rounds (min-max in brackets) and the verdict is on the median. "
             "DMMD / DDPM ratios divide by DDPM's train_step (the same bookkeeping); lazy regularisation "
             "(gp_every k) is one step with the penalty and k - 1 without, per round. Wall-clock figures, "
             "ratios to DDPM's bare step and every variant's seconds are in sampler_cost.json and "
-            "train_cost.json.\n\n" + "\n".join(lines) + "\n")
-    (results / f"summary{suffix}.md").write_text(text)
-    (results / f"summary{suffix}.json").write_text(json.dumps(
+            "train_cost.json.\n\n" + "\n".join(lines) + "\n"
+            + ("" if train.get("bf16", {}).get("timed", True) else
+               f"\nbf16 rows left out: {train['bf16']['why_not']}.\n"))
+    atomic_write_text(results / f"summary{suffix}.md", text)
+    atomic_write_text(results / f"summary{suffix}.json", json.dumps(
         {"rows": [dict(zip(("benchmark", "target", "measured", "verdict"), r)) for r in table]}, indent=1) + "\n")
     print("\n" + text)
 

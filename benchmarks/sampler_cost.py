@@ -75,6 +75,7 @@ from _timing import (
 )
 
 from dmmd import pipeline
+from dmmd.checkpoint import atomic_write_text
 from dmmd.config import load
 from dmmd.discriminator import build_discriminator
 from dmmd.noising import time_grid
@@ -406,7 +407,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
 
     print("\n### Step cost (CPU ms per step, median (min-max); ratios = median of paired per-round ratios)\n")
     print(table(["model", "N", "floor ms", "approx ms", "exact lin ms", "approx/floor", "replay/floor",

@@ -28,7 +28,11 @@ Timed variants (dmmd.training.train_step: batch indexing, loss, backward, clippi
   gp25           train.gp_fraction = 0.25.
   nn1, nn1_nogp  train.num_levels = 1, with and without the penalty.
   nn1_gp25       train.num_levels = 1 and train.gp_fraction = 0.25.
-  bf16, bf16_nogp  train.precision = bf16 (autocast), with and without the penalty.
+  bf16, bf16_nogp  train.precision = bf16 (autocast), with and without the penalty. Timed only where
+                 the CPU computes bf16 at a float32-like speed (--bf16 auto, the default: a 256x256
+                 matmul under autocast at most BF16_MAX_SLOWDOWN times float32's); an AVX2-only CPU
+                 emulates it at 30-90x a float32 step, which tells nothing about a GPU and took
+                 about 28 of the 51 minutes of make bench. --bf16 on times it anyway.
   nn1_reuse_fresh, nn1_reuse_held  N_n = 1 under train.gp_lazy = reuse: a step that computes the
                  penalty and keeps its gradient (the work of an nn1 step), and a step that adds the
                  kept gradient instead (the work of an nn1_nogp step).
@@ -67,6 +71,7 @@ from _timing import (
     verdict,
 )
 
+from dmmd.checkpoint import atomic_write_text
 from dmmd.config import load
 from dmmd.ddpm import ddpm_loss
 from dmmd.pipeline import build_process
@@ -77,6 +82,8 @@ TARGETS = {"digits": 2.5, "mnist": 3.0, "cifar32": 3.0}  # fashion: none (the is
 NEVER = "train.gp_every=1000000"  # no timed step reaches a multiple of it: steps without the penalty
 LAZY = (4, 16)
 REUSE = (3, 4, 6, 8)
+BF16 = ("bf16", "bf16_nogp")
+BF16_MAX_SLOWDOWN = 4.0  # --bf16 auto: above this, the CPU has no native bf16 and the bf16 rows are left out
 
 SETUPS = {
     "digits": ("digits.toml", (64,), []),
@@ -113,7 +120,21 @@ def per_round(times: dict, with_gp: str, without: str | None, k: int) -> list[fl
     return [(a + (k - 1) * b) / k for a, b in zip(times[with_gp], times[without])]
 
 
-def run_setup(name, repeats, warmup, min_time, quick, profile_dir, only=None):
+def bf16_slowdown() -> float:
+    """CPU seconds of a 256x256 matmul under bf16 autocast over the same matmul in float32 (median of
+    3 paired rounds): about 1 or below on a CPU with native bf16 (AVX512-BF16, AMX), 30-50 on an AVX2 one."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
+
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return a @ b
+
+    times = interleaved({"float32": lambda: a @ b, "bf16": bf16}, 3, 1, 0.02)
+    return median([x / y for x, y in zip(times["bf16"], times["float32"])])
+
+
+def run_setup(name, repeats, warmup, min_time, quick, profile_dir, only=None, skip=frozenset()):
     preset, shape, extra = SETUPS[name]
     if quick:  # tiny nets; the U-Nets on 16x16
         mlp = len(shape) == 1
@@ -145,7 +166,7 @@ def run_setup(name, repeats, warmup, min_time, quick, profile_dir, only=None):
     else:
         shipped = {"shipped": ["train.gp_every=1"], **({"shipped_nogp": [NEVER]} if shipped_every > 1 else {})}
     for label, changes in {**shipped, **{k: PAPER + v for k, v in VARIANTS.items()}}.items():
-        if only and label not in only:
+        if (only and label not in only) or label in skip:
             continue
         cfg = load(ROOT / "configs" / preset, extra + changes)
         state = new_state(cfg, shape)
@@ -224,7 +245,7 @@ def _profile(variants, path: Path) -> str:
                 variants[key]()
         lines.append(f"== {key} (2 steps) ==\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(lines))
+    atomic_write_text(path, "\n\n".join(lines))
     return str(path)
 
 
@@ -240,6 +261,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads (default 1: CPU time then measures the computation; "
                              "0 keeps torch's default)")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="time the bf16 autocast variants: auto (default) only if this CPU runs a bf16 matmul "
+                             f"at most {BF16_MAX_SLOWDOWN:g}x as slow as float32 (native bf16), on, off")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_cost.json"))
     args = parser.parse_args()
     if args.threads == 1:
@@ -252,17 +276,30 @@ def main() -> None:
         parser.error(f"--repeats must be at least {MIN_ROUNDS} for a judged run")
     warmup, min_time = (1, 0.005) if q else (1, 0.2)
     out = Path(args.out)
+    bf16 = {"mode": args.bf16}
+    if args.bf16 == "auto":
+        bf16["matmul_slowdown"] = bf16_slowdown()
+        bf16["timed"] = bf16["matmul_slowdown"] <= BF16_MAX_SLOWDOWN
+    else:
+        bf16["timed"] = args.bf16 == "on"
+    if not bf16["timed"]:
+        bf16["why_not"] = ("--bf16 off" if args.bf16 == "off" else
+                           f"this CPU ({environment()['cpu']}, {environment()['cpu_capability']}) runs a bf16 matmul at "
+                           f"{bf16['matmul_slowdown']:.0f}x float32's: no native bf16, so the bf16 rows would time an "
+                           "emulation (--bf16 on times them anyway)")
+        print(f"bf16 variants left out: {bf16['why_not']}", flush=True)
+    skip = frozenset() if bf16["timed"] else frozenset(BF16)
     records = []
     for name in args.setups.split(","):
         print(f"timing {name}", flush=True)
         rounds = repeats if q or name not in ("digits", "fashion") else max(repeats, 15)  # MLPs: steps of milliseconds
         only = set(args.variants.split(",")) - {""}
-        records.append(run_setup(name, rounds, warmup, min_time, q, out.parent if args.profile else None, only))
-    result = {"benchmark": "train_cost", "quick": q, "environment": environment(),
+        records.append(run_setup(name, rounds, warmup, min_time, q, out.parent if args.profile else None, only, skip))
+    result = {"benchmark": "train_cost", "quick": q, "environment": environment(), "bf16": bf16,
               "measure": "CPU seconds (time.process_time) at one thread; wall seconds beside",
               "targets_over_ddpm_max": {r["setup"]: r["target_over_ddpm_max"] for r in records}, "setups": records}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
 
     for r in records:
         print(f"\n### {r['setup']} ({r['preset']}, batch {r['batch_size']}, N_n = {r['preset_num_levels']}): "
