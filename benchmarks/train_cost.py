@@ -122,7 +122,7 @@ def per_round(times: dict, with_gp: str, without: str | None, k: int) -> list[fl
 
 def bf16_slowdown() -> float:
     """CPU seconds of a 256x256 matmul under bf16 autocast over the same matmul in float32 (median of
-    3 paired rounds): about 1 or below on a CPU with native bf16 (AVX512-BF16, AMX), 30-50 on an AVX2 one."""
+    3 paired rounds): about 1 or below on a CPU with native bf16 (AVX512-BF16, AMX), 46-52 on an AVX2 one."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
 
@@ -276,6 +276,7 @@ def main() -> None:
         parser.error(f"--repeats must be at least {MIN_ROUNDS} for a judged run")
     warmup, min_time = (1, 0.005) if q else (1, 0.2)
     out = Path(args.out)
+    env = environment()
     bf16 = {"mode": args.bf16}
     if args.bf16 == "auto":
         bf16["matmul_slowdown"] = bf16_slowdown()
@@ -284,7 +285,7 @@ def main() -> None:
         bf16["timed"] = args.bf16 == "on"
     if not bf16["timed"]:
         bf16["why_not"] = ("--bf16 off" if args.bf16 == "off" else
-                           f"this CPU ({environment()['cpu']}, {environment()['cpu_capability']}) runs a bf16 matmul at "
+                           f"this CPU ({env['cpu']}, {env['cpu_capability']}) runs a bf16 matmul at "
                            f"{bf16['matmul_slowdown']:.0f}x float32's: no native bf16, so the bf16 rows would time an "
                            "emulation (--bf16 on times them anyway)")
         print(f"bf16 variants left out: {bf16['why_not']}", flush=True)
@@ -295,7 +296,7 @@ def main() -> None:
         rounds = repeats if q or name not in ("digits", "fashion") else max(repeats, 15)  # MLPs: steps of milliseconds
         only = set(args.variants.split(",")) - {""}
         records.append(run_setup(name, rounds, warmup, min_time, q, out.parent if args.profile else None, only, skip))
-    result = {"benchmark": "train_cost", "quick": q, "environment": environment(), "bf16": bf16,
+    result = {"benchmark": "train_cost", "quick": q, "environment": env, "bf16": bf16,
               "measure": "CPU seconds (time.process_time) at one thread; wall seconds beside",
               "targets_over_ddpm_max": {r["setup"]: r["target_over_ddpm_max"] for r in records}, "setups": records}
     out.parent.mkdir(parents=True, exist_ok=True)
