@@ -87,7 +87,7 @@ def two_calibrates(tmp: Path, base: Path) -> dict:
     subprocess.run(["cp", "-r", str(base), str(run)], check=True)
     levels = (4, 5)
     results = together(*(["calibrate", "--checkpoint", str(run), "--set", f"sample.num_levels={t}"] for t in levels))
-    from dmmd.pipeline import load_model
+    from dmmd.methods.build import load_model
 
     stored = load_model(run)[2].get("replay", {})
     kept = [any(tag.startswith(f"T={t},") for tag in stored) for t in levels]

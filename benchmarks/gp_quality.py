@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from dmmd import config as C
-from dmmd.compare import _sampler_config, score
+from dmmd.apps.compare import _sampler_config, score
 from dmmd.data.datasets import load_dataset
-from dmmd.pipeline import build_process, calibrate, flow_settings, needs_calibration, sample
+from dmmd.methods.build import build_process, flow_settings
+from dmmd.methods.sample import calibrate, needs_calibration, sample
 
 VARIANTS = {
     "plain": {},
@@ -48,7 +49,7 @@ VARIANTS = {
 def run(preset: str, variant: str, seed: int, budget: float, data, model_data, to_pixels, workdir: Path,
         extra: list[str], steps: int | None = None) -> list[dict]:
     """Train one variant until `budget` CPU seconds (or for exactly `steps` steps when given), then score."""
-    from dmmd.training import TrainingDiverged, train
+    from dmmd.training.loop import TrainingDiverged, train
 
     overrides = [f"{k}={v}" for k, v in VARIANTS[variant].items()]
     cfg = C.load(preset, [*extra, *overrides, f"seed={seed}", "train.threads=1", "train.best_by=none",
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     data = load_dataset(cfg.data, cfg.seed)
     model_data, to_pixels = data, (lambda z: z)
     if cfg.model.latent:
-        from dmmd.latent import decode, for_config, latent_data
+        from dmmd.methods.latent import decode, for_config, latent_data
 
         model_data = latent_data(cfg, data, progress=False)
         ae = for_config(cfg)

@@ -28,7 +28,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def grid(nfe: int, renoise: float) -> list[dict]:
-    from dmmd.pipeline import dmmd_split
+    from dmmd.methods.sample import dmmd_split
 
     splits = {dmmd_split(nfe)} | ({(nfe, 1)} if nfe <= 20 else set()) | ({(nfe // 5, 5)} if nfe >= 50 else set())
     return [{"num_levels": t, "steps_per_level": ns, "step_size": travel / ns, "renoise": re}
@@ -48,11 +48,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from dmmd import config
-    from dmmd.compare import score
+    from dmmd.apps.compare import score
     from dmmd.data.datasets import load_dataset
-    from dmmd.pipeline import build_process, calibrate, flow_settings, load_model, needs_calibration, sample
-    from dmmd.pipeline import settings_for_nfe
-    from dmmd.training import train
+    from dmmd.methods.build import build_process, flow_settings, load_model
+    from dmmd.methods.sample import calibrate, needs_calibration, sample
+    from dmmd.methods.sample import settings_for_nfe
+    from dmmd.training.loop import train
 
     run = Path(args.run)
     if not (run / "latest").is_file():

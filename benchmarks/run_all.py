@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from dmmd.checkpoint import atomic_write_text
+from dmmd.runtime.checkpoint import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -32,7 +32,7 @@ What is measured (CPU seconds per call; ratios are paired within one run, see _t
                inject = 0.1 over the same step with noise off. No target.
   ddpm 10k     the whole DDPM sampler of the digits preset's baseline (method = ddpm, its
                epsilon MLP, random weights) for 10,000 samples at NFE 100 through
-               dmmd.pipeline.sample, the per-step noise included: with ParticleNoise against the
+               dmmd.methods.sample.sample, the per-step noise included: with ParticleNoise against the
                same call with the old per-particle noise swapped in. Target: at least 20% less
                CPU time (1 - new / old >= 0.20). Whole runs of many seconds: no warm-up call.
                Flow matching's Euler sampler (method = fm, noise only in the prior) on the same
@@ -74,13 +74,13 @@ from _timing import (
     verdict,
 )
 
-from dmmd import pipeline
-from dmmd.checkpoint import atomic_write_text
+from dmmd.methods import sample as pipeline
+from dmmd.runtime.checkpoint import atomic_write_text
 from dmmd.config import load
-from dmmd.discriminator import build_discriminator
-from dmmd.noising import time_grid
-from dmmd.pipeline import build_model, build_process
-from dmmd.sampling import FlowSettings, ParticleNoise, approx_flow, exact_flow
+from dmmd.methods.discriminator import build_discriminator
+from dmmd.math.noising import time_grid
+from dmmd.methods.build import build_model, build_process
+from dmmd.methods.mmd_flow import FlowSettings, ParticleNoise, approx_flow, exact_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 APPROX_TARGET, EXACT_TARGET, SLOPE_RANGE = 1.10, 1.15, (0.9, 1.1)
@@ -242,7 +242,7 @@ def noise_cost(disc, process, shape, sizes, chunk_size, repeats, warmup, min_tim
 
 
 def ddpm_sampling(num, nfe, fm_nfe, repeats, warmup, quick):
-    """DDPM (and flow matching) sampling of `num` digits-preset samples through dmmd.pipeline.sample:
+    """DDPM (and flow matching) sampling of `num` digits-preset samples through dmmd.methods.sample.sample:
     the batched ParticleNoise against the per-particle one swapped in (CPU s per whole run). Flow
     matching runs fm_nfe evaluations (its cost per NFE is what is compared: noise only in its prior)."""
     shape = (64,)
@@ -435,7 +435,7 @@ def main() -> None:
                   1e3 * r["median_s"]["build_new"], 1e3 * r["median_s"]["build_old"], r["inject_over_off"]]
                  for r in result["noise"]]))
     dd = result["ddpm_sampling"]
-    print(f"\n### Sampling {particles} digits at NFE {nfe} (flow matching: NFE {dd['fm_nfe']}) (dmmd.pipeline.sample; "
+    print(f"\n### Sampling {particles} digits at NFE {nfe} (flow matching: NFE {dd['fm_nfe']}) (dmmd.methods.sample.sample; "
           "CPU s per run, median (min-max))\n")
     print(table(["sampler", "CPU s", "wall s (median)"],
                 [[k, fmt_spread(dd["spread_s"][k]), dd["wall_spread_s"][k]["median"]] for k in dd["spread_s"]]))

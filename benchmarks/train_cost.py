@@ -14,9 +14,9 @@ Setups, at the presets' settings (random data of the right shape: a step costs t
   mnist    configs/mnist.toml: U-Net base_channels 32, channel_mults [1, 2, 2], one res block,
            attention at 14, flatten head, on 1x28x28, batch 64, N_n = 1 (train.device = cpu).
   cifar32  configs/cifar10.toml reduced to base_channels 32 and batch 32 (not run by default).
-DDPM uses the same backbone with its epsilon head (dmmd.ddpm.build_eps_net).
+DDPM uses the same backbone with its epsilon head (dmmd.methods.ddpm.build_eps_net).
 
-Timed variants (dmmd.training.train_step: batch indexing, loss, backward, clipping, Adam, EMA):
+Timed variants (dmmd.training.loop.train_step: batch indexing, loss, backward, clipping, Adam, EMA):
   ddpm           method = ddpm: the denominator of every ratio (the same bookkeeping as DMMD).
   ddpm_bare      ddpm_loss + backward + Adam step only (ratios to it are reported beside).
   shipped        the preset as shipped (its N_n, gp_fraction and gp_every; a lazy preset is timed as
@@ -71,11 +71,12 @@ from _timing import (
     verdict,
 )
 
-from dmmd.checkpoint import atomic_write_text
+from dmmd.runtime.checkpoint import atomic_write_text
 from dmmd.config import load
-from dmmd.ddpm import ddpm_loss
-from dmmd.pipeline import build_process
-from dmmd.training import new_state, train_step
+from dmmd.methods.ddpm import ddpm_loss
+from dmmd.methods.build import build_process
+from dmmd.training.loop import train_step
+from dmmd.training.state import new_state
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"digits": 2.5, "mnist": 3.0, "cifar32": 3.0}  # fashion: none (the issue sets none)

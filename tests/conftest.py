@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dmmd.config import ModelConfig
-from dmmd.discriminator import build_discriminator
+from dmmd.methods.discriminator import build_discriminator
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import dmmd
-from dmmd.api import sample_folder_name
+from dmmd.apps.pipeline import sample_folder_name
 from dmmd.cli import main
 from dmmd.config import ConfigError
-from dmmd.pipeline import settings_for_nfe
+from dmmd.methods.sample import settings_for_nfe
 
 TINY_DIGITS = {"data.name": "digits", "model.width": 16, "model.depth": 1, "model.feature_dim": 8,
                "model.time_dim": 8, "train.steps": 6, "train.batch_size": 16, "train.checkpoint_every": 3,
@@ -147,7 +147,7 @@ def test_save_images_needs_image_data(tmp_path):
 
 
 def test_load_config_takes_presets_files_and_configs(tmp_path):
-    from dmmd.api import load_config
+    from dmmd.apps.pipeline import load_config
     from dmmd import config
 
     by_name = load_config("digits", {"train.steps": 5})
@@ -173,13 +173,13 @@ def test_sample_folder_names_differ_with_any_sample_setting():
 def test_thread_guard_avoids_spinning_threads_when_torch_came_first():
     """torch imported before dmmd (without OMP_WAIT_POLICY): dmmd runs on one thread and says so once;
     dmmd imported first, or the variable set before Python started: torch's own thread count is kept."""
-    body = ("from dmmd.device import thread_guard\n"
+    body = ("from dmmd.runtime.device import thread_guard\n"
             "before = torch.get_num_threads()\n"
             "with thread_guard(0) as n:\n"
             "    inside = torch.get_num_threads()\n"
             "with thread_guard(0):\n"
             "    pass\n"
-            "print(dmmd.OMP_SET_TOO_LATE, before, n, inside, torch.get_num_threads())\n")
+            "print(dmmd.openmp.SET_TOO_LATE, before, n, inside, torch.get_num_threads())\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["OMP_NUM_THREADS"] = "2"
 
@@ -202,8 +202,8 @@ def test_thread_guard_avoids_spinning_threads_when_torch_came_first():
 def test_preview_samples_of_a_model_in_training(method, kernel):
     """The TensorBoard grid's samples: any method, no stored statistics needed."""
     from dmmd import config
-    from dmmd.api import preview_samples
-    from dmmd.pipeline import build_model
+    from dmmd.training.preview import preview_samples
+    from dmmd.methods.build import build_model
 
     cfg = config.load(None, [f"method={method}", f"model.kernel={kernel}", "model.width=8", "model.depth=1",
                              "model.feature_dim=4", "model.time_dim=4", "sample.num_levels=2",

@@ -10,9 +10,10 @@ import torch
 from dmmd import config
 from dmmd.cli import main
 from dmmd.data.datasets import load_digits
-from dmmd.latent import decode, encode, encode_dataset, load_autoencoder, train_autoencoder
+from dmmd.methods.latent import decode, encode, encode_dataset, load_autoencoder
+from dmmd.training.autoencoder import train_autoencoder
 from dmmd.nets.autoencoder import ConvAutoencoder, moments, reconstruction_loss, weights_sha256
-from dmmd.pipeline import clip_range
+from dmmd.methods.sample import clip_range
 
 AE_ARGS = ["--set", "autoencoder.channels=[4,8]", "--set", "autoencoder.latent_dim=6", "--set", "autoencoder.steps=30",
            "--set", "autoencoder.batch_size=32", "--set", "autoencoder.log_every=10", "--set",
@@ -135,7 +136,7 @@ def test_latent_run_end_to_end(latent_run, tmp_path, capsys):
     root, run = latent_run
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["latent_id"] == load_autoencoder(root / "ae").sha256
-    from dmmd.checkpoint import load
+    from dmmd.runtime.checkpoint import load
 
     assert load(run)["data_shape"] == [6]
     out = tmp_path / "s"

@@ -53,7 +53,7 @@ def test_sample_writes_outputs(run_dir, tmp_path, sampler):
 def test_reload_in_new_process_gives_identical_samples(run_dir, tmp_path):
     """Same checkpoint, same seed, a fresh interpreter: identical features and samples."""
     script = (
-        "import sys, torch; from dmmd.pipeline import load_model, build_process, sample\n"
+        "import sys, torch; from dmmd.methods.sample import load_model, build_process, sample\n"
         "cfg, disc, stats, p = load_model(sys.argv[1])\n"
         "x = torch.linspace(-2, 2, 20).view(10, 2)\n"
         "f = disc.features(x, 0.3)\n"
@@ -74,7 +74,7 @@ def test_resume_extends_run(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     assert main(["train", "--resume", str(copy), "--set", "train.steps=15", "--no-progress"]) == 0
-    from dmmd.checkpoint import load
+    from dmmd.runtime.checkpoint import load
 
     assert load(copy)["step"] == 15
 

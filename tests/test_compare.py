@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dmmd.cli import main
-from dmmd.compare import METHODS, candidates, dmmd_grid
+from dmmd.apps.compare import METHODS, candidates, dmmd_grid
 from test_cli import TINY
 
 

@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from dmmd import conditional
+from dmmd.methods import conditional
 from dmmd.cli import main
-from dmmd.conditioning import (balanced_labels, class_means, class_witness, drop_labels, guided_output,
-                               guided_target)
+from dmmd.math.conditioning import (balanced_labels, class_means, class_witness, drop_labels, guided_output,
+    guided_target)
 from dmmd.config import ConfigError, ModelConfig, ProcessConfig, load
 from dmmd.data.datasets import DataError, load_array_dataset
-from dmmd.ddpm import EpsMLP, build_eps_net
-from dmmd.discriminator import build_discriminator
-from dmmd.losses import dmmd_loss
+from dmmd.methods.ddpm import EpsMLP, build_eps_net
+from dmmd.methods.discriminator import build_discriminator
+from dmmd.methods.losses import dmmd_loss
 from dmmd.nets.mlp import FeatureMLP
 from dmmd.nets.unet import UNet
-from dmmd.noising import VPProcess, time_grid
-from dmmd.pipeline import build_process
-from dmmd.sampling import FlowSettings, run_flow
+from dmmd.math.noising import VPProcess, time_grid
+from dmmd.methods.build import build_process
+from dmmd.methods.mmd_flow import FlowSettings, run_flow
 
 C = 3  # classes in the small tests; label C is the null label
 
@@ -332,8 +332,8 @@ def test_resume_of_a_conditional_run_is_exact(tmp_path):
 
 
 def test_malformed_class_statistics_are_refused(tmp_path):
-    from dmmd.checkpoint import CheckpointError
-    from dmmd.validate import check_stats
+    from dmmd.runtime.checkpoint import CheckpointError
+    from dmmd.runtime.checkpoint import check_stats
 
     good = {"class_grid": "T=2,grid=uniform", "class_data_mean": torch.zeros(2, 4, 5),
             "class_replay": {"tag": torch.zeros(4, 4, 5)}}
@@ -348,7 +348,8 @@ def test_malformed_class_statistics_are_refused(tmp_path):
 @pytest.mark.parametrize("method", ["dmmd", "fm"])
 def test_training_previews_of_a_conditional_model(runs, method):
     """TensorBoard's sample grids (api.preview_samples) draw unconditionally (the null label)."""
-    from dmmd.api import Pipeline, preview_samples
+    from dmmd.apps.pipeline import Pipeline
+    from dmmd.training.preview import preview_samples
 
     pipe = Pipeline.from_run(runs[method], device="cpu")
     z = preview_samples(pipe.model, pipe.cfg, pipe.data.train[:40], pipe.data_shape, num=4)

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from dmmd.config import ModelConfig
-from dmmd.ddpm import (EpsMLP, alpha_bar, build_eps_net, ddim_step, ddpm_loss, ddpm_step, num_evaluations,
-                       predict_x0, sample)
-from dmmd.noising import BlurProcess, VPProcess, time_grid
-from dmmd.sampling import ParticleNoise
+from dmmd.methods.ddpm import (EpsMLP, alpha_bar, build_eps_net, ddim_step, ddpm_loss, ddpm_step, num_evaluations,
+    predict_x0, sample)
+from dmmd.math.noising import BlurProcess, VPProcess, time_grid
+from dmmd.methods.mmd_flow import ParticleNoise
 
 PROCESS = VPProcess()
 N_INF, RATIO = 11, 100
@@ -331,11 +331,12 @@ def test_trained_mlp_ddim_lands_near_mean():
 def test_checkpoint_without_skip_path_loads_as_zero_skip(tmp_path):
     """A DDPM / flow-matching MLP checkpoint written before EpsMLP's skip path (no skip.* keys) loads
     for sampling with g(t) = 0, the network it was trained as; a DMMD checkpoint is untouched."""
-    from dmmd import checkpoint as ckpt
+    from dmmd.runtime import checkpoint as ckpt
     from dmmd.config import load
-    from dmmd.ddpm import add_missing_skip
-    from dmmd.pipeline import load_model
-    from dmmd.training import new_state, save_checkpoint
+    from dmmd.methods.ddpm import add_missing_skip
+    from dmmd.methods.build import load_model
+    from dmmd.training.loop import save_checkpoint
+    from dmmd.training.state import new_state
 
     cfg = load(None, ["data.name=eight_gaussians", "method=fm", "sample.sampler=euler", "model.width=8",
                       "model.depth=1", "model.time_dim=8", "train.threads=1"])

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from dmmd.config import ModelConfig
-from dmmd.ddpm import build_eps_net, ddim_step, ddpm_step, predict_x0, sample
-from dmmd.noising import VPProcess, time_grid
-from dmmd.sampling import ParticleNoise
+from dmmd.methods.ddpm import build_eps_net, ddim_step, ddpm_step, predict_x0, sample
+from dmmd.math.noising import VPProcess, time_grid
+from dmmd.methods.mmd_flow import ParticleNoise
 
 PROCESS = VPProcess()
 N_INF, RATIO = 11, 100
@@ -352,7 +352,7 @@ def test_ddim_clipped_eps_is_the_eps_of_the_clipped_x0():
     """clipped_eps=True (diffusers' use_clipped_model_output=True): the step equals the unclipped-
     formula DDIM step fed with eps' = (x_t - sqrt(abar_t) clamp(x0_hat)) / sqrt(1 - abar_t),
     computed here in float64 by hand; without clipping the flag changes nothing."""
-    from dmmd.noising import VPProcess
+    from dmmd.math.noising import VPProcess
 
     process = VPProcess("linear", 0.1, 20.0, t_min=1e-3, t_max=1.0)
     gen = torch.Generator().manual_seed(3)

@@ -1,13 +1,14 @@
-"""Device names, channels-last layout and torch.compile (dmmd.device): CPU checks of the GPU path."""
+"""Device names, channels-last layout and torch.compile (dmmd.runtime.device): CPU checks of the GPU path."""
 
 import pytest
 import torch
 
 from dmmd import config
 from dmmd.cli import main
-from dmmd.device import as_layout, resolve_device
-from dmmd.pipeline import build_process
-from dmmd.training import new_state, train_step
+from dmmd.runtime.device import as_layout, resolve_device
+from dmmd.methods.build import build_process
+from dmmd.training.loop import train_step
+from dmmd.training.state import new_state
 
 UNET = ["data.name=file", "model.backbone=unet", "model.base_channels=8", "model.channel_mults=[1,2]",
         "model.attn_resolutions=[4]", "model.feature_dim=16", "train.batch_size=4", "train.num_levels=2"]

@@ -11,9 +11,10 @@ import torch
 
 from dmmd import config
 from dmmd.data.datasets import load_dataset
-from dmmd.pipeline import build_process, sample
-from dmmd.report import eight_gaussians_scores
-from dmmd.training import train
+from dmmd.methods.build import build_process
+from dmmd.methods.sample import sample
+from dmmd.evaluation.report import eight_gaussians_scores
+from dmmd.training.loop import train
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmmd import runfolder
+from dmmd.runtime import runfolder
 from dmmd.cli import main
 
 TINY = ["--set", "data.name=eight_gaussians", "--set", "data.num_points=500", "--set", "model.width=16",
@@ -580,7 +580,7 @@ def test_calibrate_never_rewrites_the_model(corpus, tmp_path, capsys):
     assert main(["calibrate", "--checkpoint", str(run), "--no-progress", *settings]) == 0
     assert final.read_bytes() == before
     assert (run / "checkpoints" / "stats" / "final.pt").is_file()
-    from dmmd.pipeline import load_model
+    from dmmd.methods.build import load_model
 
     tag = "T=4,Ns=1,eta=0.1,grid=uniform,inject=0.1,renoise=0,loo=0"
     assert tag in load_model(run)[2]["replay"]
@@ -661,7 +661,7 @@ def reference(tmp_path_factory):
 
 def _signal_at(monkeypatch, steps: dict):
     """Make training send itself `steps[k]` (a signal) right after step k."""
-    import dmmd.training as training
+    import dmmd.training.loop as training
 
     real = training.train_step
 
@@ -702,7 +702,7 @@ def test_sigterm_during_sampling_leaves_the_earlier_output(corpus, tmp_path, mon
     assert main(["sample", "--checkpoint", str(corpus / "run"), "--num-samples", "5", "--out", str(out),
                  "--no-progress"]) == 0
     before = _snapshot(tmp_path)
-    import dmmd.pipeline as pipeline
+    import dmmd.methods.sample as pipeline
 
     real = pipeline.sample
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dmmd.config import ModelConfig
-from dmmd.ddpm import build_eps_net
-from dmmd.flow_matching import fm_loss, num_evaluations, num_steps, sample
+from dmmd.methods.ddpm import build_eps_net
+from dmmd.methods.flow_matching import fm_loss, num_evaluations, num_steps, sample
 
 METHODS = ("euler", "heun")
 

@@ -1,4 +1,4 @@
-"""Inpainting (dmmd.inpaint, dmmd.inpaint_run, `dmmd inpaint`): masks, the replacement against float64
+"""Inpainting (dmmd.math.inpaint, dmmd.apps.inpaint, `dmmd inpaint`): masks, the replacement against float64
 references, known pixels never changed by any method's flow, determinism, and the command line."""
 
 import json
@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import small_disc
-from dmmd import ddpm, flow_matching
+from dmmd.methods import ddpm, flow_matching
 from dmmd.cli import main
-from dmmd.inpaint import (MaskError, Replacement, fm_forward, load_mask, mask_from_array, named_mask,
-                          replacement_for, vp_forward, vp_transition)
-from dmmd.noising import VPProcess, time_grid
-from dmmd.sampling import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
+from dmmd.math.inpaint import (MaskError, Replacement, fm_forward, load_mask, mask_from_array, named_mask,
+    replacement_for, vp_forward, vp_transition)
+from dmmd.math.noising import VPProcess, time_grid
+from dmmd.methods.mmd_flow import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
 
 PROCESS = VPProcess()
 
@@ -118,7 +118,7 @@ def test_vp_transition_keeps_the_forward_marginals():
 
 
 def test_replacement_refuses_a_blur_process():
-    from dmmd.noising import BlurProcess
+    from dmmd.math.noising import BlurProcess
 
     with pytest.raises(ValueError, match="pixelwise Gaussian"):
         vp_forward(BlurProcess())
@@ -300,8 +300,8 @@ def test_cli_inpaint_end_to_end(runs, images, tmp_path, method):
 def test_population_free_completions_depend_only_on_seed_and_index(runs, images):
     """The approx sampler: completing images in batches of 5 or all at once gives the same numbers
     (up to float32 matmul differences between batch sizes, as in test_sampling's replay test)."""
-    from dmmd.inpaint_run import complete, read_images, to_model
-    from dmmd.pipeline import build_process, load_model
+    from dmmd.apps.inpaint import complete, read_images, to_model
+    from dmmd.methods.build import build_process, load_model
 
     cfg, disc, stats, _ = load_model(runs["dmmd"])
     x, _ = read_images(images, "digits", (1, 8, 8))
@@ -354,7 +354,7 @@ def test_cli_inpaint_errors_are_one_line(runs, images, tmp_path, capsys, case):
 
 def test_latent_and_blur_models_are_refused():
     from dmmd.config import Config, ConfigError
-    from dmmd.inpaint_run import check_model
+    from dmmd.apps.inpaint import check_model
 
     cfg = Config()
     cfg.model.latent = "/some/autoencoder"
@@ -370,7 +370,7 @@ def test_latent_and_blur_models_are_refused():
 def test_fm_transition_fixed_noise_against_float64_closed_form():
     """z_s = (s / t) z_t + sqrt((1 - s)^2 - (s / t)^2 (1 - t)^2) eps, the variance written here in the
     factored form (t - s)(t + s - 2 s t) / t^2."""
-    from dmmd.inpaint import fm_transition
+    from dmmd.math.inpaint import fm_transition
 
     z = torch.randn(4, 6, dtype=torch.float64)
     eps = torch.randn(4, 6, dtype=torch.float64)
@@ -387,7 +387,7 @@ def test_jump_back_has_the_forward_marginal_of_the_noisier_level(kind):
     the noisier level s gives q_s(x) = N(a_s x, s_s^2) per coordinate (a, s of the method's path, in
     closed form here: a = t, s = 1 - t for flow matching; the linear VP schedule for DMMD/DDPM), with
     x_t and x_s correlated as a Markov chain: Cov(x_s, x_t) = r Var(x_t), r = a_s / a_t."""
-    from dmmd.inpaint import fm_transition
+    from dmmd.math.inpaint import fm_transition
 
     if kind == "fm":
         t, s = 0.7, 0.35
@@ -412,7 +412,7 @@ def test_jump_back_has_the_forward_marginal_of_the_noisier_level(kind):
 
 
 def test_replacement_jump_draws_from_the_particles_noise():
-    from dmmd.inpaint import fm_transition
+    from dmmd.math.inpaint import fm_transition
 
     x, mask = _known_data()
     z0 = torch.randn(5, 6, dtype=torch.float64)
@@ -528,8 +528,8 @@ def test_all_unknown_mask_leaves_fm_and_ddpm_bit_identical(method):
 def test_cli_inpaint_resampling_fm_and_ddpm(runs, images, tmp_path, method):
     """--resample 3: known values bit-exact, NFE (S - 1) 3 + 1 with the tiny runs' 4 steps, and the
     same completions again for the same seed; completions batch-independent (seed, index)."""
-    from dmmd.inpaint_run import complete, read_images, to_model
-    from dmmd.pipeline import build_process, load_model
+    from dmmd.apps.inpaint import complete, read_images, to_model
+    from dmmd.methods.build import build_process, load_model
 
     out = tmp_path / "out"
     argv = ["inpaint", "--checkpoint", str(runs[method]), "--images", str(images), "--mask", "bottom",

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from dmmd import runlog
+from dmmd.training.loop import log as runlog
 from dmmd.cli import main
-from dmmd.runlog import read_metrics
+from dmmd.training.log import read_metrics
 
 from test_cli import TINY
 

@@ -3,7 +3,7 @@
 import pytest
 
 from dmmd import config
-from dmmd.pipeline import clip_range, dmmd_split, nfe, settings_for_nfe
+from dmmd.methods.sample import clip_range, dmmd_split, nfe, settings_for_nfe
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 10, 20, 30, 37, 50, 100, 250])

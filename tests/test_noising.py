@@ -1,4 +1,4 @@
-"""Independent float64 reference tests for dmmd.noising (SPEC section 2).
+"""Independent float64 reference tests for dmmd.math.noising (SPEC section 2).
 
 References: the VP linear schedule against a numerical integral of beta (scipy quad) and its
 closed form, the cosine schedule against Nichol & Dhariwal's sqrt(alpha_bar), corruption
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
 
-from dmmd.noising import BlurProcess, VPProcess, gaussian_blur, time_grid
+from dmmd.math.noising import BlurProcess, VPProcess, gaussian_blur, time_grid
 
 DT = torch.float64
 TOL = 1e-10

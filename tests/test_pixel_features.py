@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dmmd.config import Config, ConfigError, ModelConfig, set_value, validate
-from dmmd.discriminator import build_discriminator
+from dmmd.methods.discriminator import build_discriminator
 from dmmd.nets.mlp import FeatureMLP, pixel_quadratic
 
 

@@ -94,8 +94,8 @@ def test_sample_folders_of_other_settings_do_not_overwrite(tmp_path):
 
 
 def test_study_preset_is_the_study_own_preset_flag(monkeypatch):
-    import dmmd.studies.flows as flows
-    import dmmd.studies.kernel_width as kernel_width
+    import dmmd.apps.studies.flows as flows
+    import dmmd.apps.studies.kernel_width as kernel_width
 
     seen = []
     monkeypatch.setattr(flows, "main", lambda argv: seen.append(("flows", argv)) or 0)

@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from conftest import small_disc
-from dmmd import divergences as dv
-from dmmd.noising import BlurProcess, VPProcess
-from dmmd.sampling import (FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features,
-                           run_flow, mean_term)
+from dmmd.math import divergences as dv
+from dmmd.math.noising import BlurProcess, VPProcess
+from dmmd.methods.mmd_flow import (FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features,
+    run_flow, mean_term)
 
 PROCESS = VPProcess()
 
@@ -155,7 +155,7 @@ def test_exact_chunking_does_not_change_result(n, m, chunk):
 def test_replay_reading_is_per_seed_whatever_the_batch():
     """Sample k of seed s is the same drawn alone, in a batch of 7 or in a batch of 1000 (float32)."""
     from dmmd.config import Config
-    from dmmd.pipeline import calibrate, sample
+    from dmmd.methods.sample import calibrate, sample
 
     disc = small_disc("linear", dtype=torch.float32)
     cfg = Config()
@@ -175,7 +175,7 @@ def test_replay_reading_is_per_seed_whatever_the_batch():
 
 def test_kernel_step_size_applies_to_nonlinear_exact_sampler():
     from dmmd.config import Config
-    from dmmd.pipeline import sample
+    from dmmd.methods.sample import sample
 
     disc = small_disc("rq", dtype=torch.float32)
     cfg = Config()
@@ -196,7 +196,7 @@ def test_kernel_step_size_applies_to_nonlinear_exact_sampler():
 def test_particle_noise_unaligned_batches_match_one_batch(shape, process):
     """Sample i's prior and its later draws are the same numbers whatever batch holds it: unaligned
     starts, batches inside one block, and batches crossing several block boundaries."""
-    from dmmd.sampling import block_rows
+    from dmmd.methods.mmd_flow import block_rows
 
     rows = block_rows(shape)  # 256, 128 and 16 rows
     total = 3 * rows + 17
@@ -212,7 +212,7 @@ def test_particle_noise_unaligned_batches_match_one_batch(shape, process):
 
 
 def test_block_rows_and_seeds():
-    from dmmd.sampling import BLOCK_VALUES, block_rows, block_seed
+    from dmmd.methods.mmd_flow import BLOCK_VALUES, block_rows, block_seed
 
     assert block_rows((64,)) == 256 and block_rows((1, 28, 28)) == 64 and block_rows((3, 32, 32)) == 16
     assert block_rows((3, 256, 256)) == 1

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from dmmd import config
-from dmmd.pipeline import build_process
-from dmmd.training import TrainingDiverged, new_state, train_step
+from dmmd.methods.build import build_process
+from dmmd.training.loop import TrainingDiverged, train_step
+from dmmd.training.state import new_state
 
 ARGS = ["data.name=eight_gaussians", "model.width=8", "model.feature_dim=4", "model.time_dim=8", "model.depth=1",
         "train.batch_size=8"]
@@ -72,9 +73,9 @@ def test_best_checkpoint_is_lowest_held_out_loss(tmp_path, method):
     checkpoint of the lowest one, kept beside the last K periodic checkpoints and final.pt."""
     import json
 
-    from dmmd import checkpoint as ckpt
+    from dmmd.runtime import checkpoint as ckpt
     from dmmd.data.datasets import load_dataset
-    from dmmd.training import train
+    from dmmd.training.loop import train
 
     extra = ["method=ddpm", "sample.sampler=ddpm"] if method == "ddpm" else []
     cfg = config.load(None, ARGS + extra + ["train.steps=12", "train.checkpoint_every=3", "train.keep_checkpoints=1",
@@ -90,7 +91,7 @@ def test_best_checkpoint_is_lowest_held_out_loss(tmp_path, method):
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["best.pt", "final.pt", "step_00000009.pt"]
     # the held-out loss is a deterministic function of the weights (fixed levels and seed)
-    from dmmd.training import validation_loss
+    from dmmd.training.loop import validation_loss
 
     model = state.ema.module
     assert validation_loss(model, data.test, build_process(cfg.process), cfg) == validation_loss(
@@ -99,7 +100,7 @@ def test_best_checkpoint_is_lowest_held_out_loss(tmp_path, method):
 
 def test_best_by_none_keeps_no_best(tmp_path):
     from dmmd.data.datasets import load_dataset
-    from dmmd.training import train
+    from dmmd.training.loop import train
 
     cfg = config.load(None, ARGS + ["train.steps=4", "train.checkpoint_every=2", "train.best_by=none"])
     data = load_dataset(cfg.data, cfg.seed)
@@ -109,7 +110,7 @@ def test_best_by_none_keeps_no_best(tmp_path):
 
 
 def test_train_threads_set_during_training_and_restored(tmp_path, monkeypatch):
-    import dmmd.training as training
+    import dmmd.training.loop as training
     from dmmd.data.datasets import load_dataset
 
     seen = []
@@ -131,8 +132,8 @@ def test_train_threads_set_during_training_and_restored(tmp_path, monkeypatch):
 def test_resumed_run_recalibrates_for_its_final_weights(tmp_path):
     """The statistics stored at the end of a resumed run are those of its final EMA model, not the
     ones restored from the earlier checkpoint (a stale mu_data made the replay diverge)."""
-    from dmmd.pipeline import calibrate
-    from dmmd.training import train
+    from dmmd.methods.sample import calibrate
+    from dmmd.training.loop import train
 
     cfg = config.load(None, [*ARGS, "train.steps=6", "train.checkpoint_every=3", "sample.num_levels=3",
                              "sample.steps_per_level=2", "sample.replay_particles=20", "train.best_by=none"])

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import main as cli_main
+from dmmd.cli import main as cli_main
 
 RUN = Path("runs/demo")
 

@@ -17,7 +17,7 @@ from dmmd.cli import main
 from dmmd.config import DataConfig
 from dmmd.data.datasets import Dataset, load_dataset, to_data_space
 from dmmd.evaluation.fashion_net import WEIGHTS, FashionNet, fashion_scores, load_classifier
-from dmmd.report import evaluate_samples, sample_report
+from dmmd.evaluation.report import evaluate_samples, sample_report
 
 KEYS = {"fd_fashion", "is_fashion", "classes_covered", "max_class_share", "min_class_share", "class_shares",
         "confidence", "confidence_heldout"}

@@ -1,5 +1,5 @@
-"""Checks for dmmd.studies.flows (fixed-width MMD flow against autograd in float64; the
-step-by-step DMMD flow against dmmd.pipeline.sample) and the --quick runs of flows and pictures."""
+"""Checks for dmmd.apps.studies.flows (fixed-width MMD flow against autograd in float64; the
+step-by-step DMMD flow against dmmd.methods.sample.sample) and the --quick runs of flows and pictures."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import small_disc
 
-from dmmd import divergences as dv
+from dmmd.math import divergences as dv
 from dmmd.config import Config, set_value
-from dmmd.noising import VPProcess
-from dmmd.pipeline import calibrate, sample
-from dmmd.studies import flows, pictures
+from dmmd.math.noising import VPProcess
+from dmmd.methods.sample import calibrate, sample
+from dmmd.apps.studies import flows, pictures
 
 
 def _points(seed, n, m, d=2):

@@ -1,4 +1,4 @@
-"""Checks for dmmd.studies.kernel_width: the MMD-GAN losses and steps, the width readings
+"""Checks for dmmd.apps.studies.kernel_width: the MMD-GAN losses and steps, the width readings
 (input-space width, raw-input optimum, Spearman) against independent float64 references, and
 the --quick run of main()."""
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from dmmd import divergences as dv
-from dmmd.discriminator import Discriminator
-from dmmd.noising import VPProcess
-from dmmd.studies import kernel_width as kw
+from dmmd.math import divergences as dv
+from dmmd.methods.discriminator import Discriminator
+from dmmd.math.noising import VPProcess
+from dmmd.apps.studies import kernel_width as kw
 
 
 @pytest.mark.parametrize("seed", range(4))

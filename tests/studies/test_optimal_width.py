@@ -1,4 +1,4 @@
-"""Checks for dmmd.studies.optimal_width: closed forms against autograd, quadrature and Monte
+"""Checks for dmmd.apps.studies.optimal_width: closed forms against autograd, quadrature and Monte
 Carlo (float64); closed-form maximisers against numeric search; monotonicity in the distance."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
 
-from dmmd.divergences import rbf_kernel, witness as sample_witness
-from dmmd.studies import optimal_width as ow
+from dmmd.math.divergences import rbf_kernel, witness as sample_witness
+from dmmd.apps.studies import optimal_width as ow
 
 DIMS = (1, 2, 8, 64)
 DELTAS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
@@ -62,7 +62,7 @@ def test_witness_matches_quadrature_d1(width, delta, s):
 
 
 def test_witness_matches_sample_based_witness_d3():
-    """Loose Monte-Carlo link to the project's own estimator (dmmd.divergences.witness)."""
+    """Loose Monte-Carlo link to the project's own estimator (dmmd.math.divergences.witness)."""
     torch.manual_seed(0)
     d, s, width, n = 3, 0.8, 1.1, 200_000
     m = _mean_vector(1.5, d)
@@ -275,7 +275,7 @@ def test_main_writes_png_and_json(tmp_path):
 
 
 def test_module_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dmmd.studies.optimal_width", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "dmmd.apps.studies.optimal_width", "--out", str(tmp_path),
                            "--num", "5", "--dims", "2"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "optimal_width.png").exists() and (tmp_path / "optimal_width.json").exists()

@@ -18,10 +18,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import DataConfig
-from .files import (DataError, MissingFileError, check_label_count, load_cifar10, load_cifar10_labels, load_mnist,
-                    load_mnist_labels, load_mnist_with_labels)
-from .toys import TOYS
+from dmmd.config import DataConfig
+from dmmd.data.arrays import check_array_file, check_float32_range
+from dmmd.data.files import (
+    DataError,
+    ImageFolder,
+    MissingFileError,
+    check_label_count,
+    load_cifar10,
+    load_cifar10_labels,
+    load_mnist,
+    load_mnist_labels,
+    load_mnist_with_labels,
+)
+from dmmd.data.toys import TOYS
 
 __all__ = ["DataError", "Dataset", "from_data_space", "load_dataset", "load_digits", "load_toy", "read_array",
            "to_data_space"]
@@ -71,7 +81,6 @@ def read_array(path: str | Path, key: str | None = None, what: str = "array file
         raise DataError(f"{path}: {what} does not exist")
     import zipfile
 
-    from ..validate import check_array_file, check_float32_range
 
     check_array_file(path, key)  # headers claiming more than the file or memory holds; complex dtypes
     try:
@@ -177,7 +186,6 @@ def load_folder_dataset(cfg: DataConfig) -> Dataset:
     """A folder of images streamed from disk for training; a fixed subset of up to data.in_memory
     images (every k-th file) is held in memory for calibration and diagnostics, and the last 10% of
     that subset (by position) serves as the held-out split."""
-    from .files import ImageFolder
 
     folder = ImageFolder(cfg.root, cfg.image_size, cfg.crop, crop=cfg.crop_size, flip=cfg.flip)
     stride = max(1, len(folder) // cfg.in_memory)

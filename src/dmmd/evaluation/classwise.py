@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .diversity import diversity_report
+from dmmd.evaluation.digits_net import load_classifier
+from dmmd.evaluation.diversity import diversity_report
+from dmmd.evaluation.fashion_net import features_and_logits
 
 CLASSIFIED = ("digits", "fashion_mnist")
 
@@ -24,13 +26,9 @@ CLASSIFIED = ("digits", "fashion_mnist")
 def classifier_logits(name: str, x: Tensor) -> Tensor:
     """Logits (N, 10) of the shipped classifier for data set `name`, images in model scale [-1, 1]."""
     if name == "digits":
-        from .digits_net import load_classifier
-
         with torch.no_grad():
             return load_classifier()(x.float())
     if name == "fashion_mnist":
-        from .fashion_net import features_and_logits
-
         return features_and_logits(x.float())[1]
     raise ValueError(f"no shipped classifier for data set {name!r} (have: {', '.join(CLASSIFIED)})")
 

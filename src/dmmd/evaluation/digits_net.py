@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dmmd.data.datasets import load_digits
+from dmmd.evaluation.metrics import frechet_distance, inception_score
+
 WEIGHTS = Path(__file__).with_name("digits_classifier.safetensors")
 
 
@@ -35,7 +38,6 @@ class DigitsNet(nn.Module):
 
 def train_classifier(epochs: int = 300, seed: int = 0) -> tuple[DigitsNet, float]:
     """Full-batch Adam with weight decay on the training split; returns (net, held-out accuracy)."""
-    from ..data.datasets import load_digits
 
     data = load_digits()
     torch.manual_seed(seed)
@@ -62,7 +64,6 @@ def load_classifier() -> DigitsNet:
 
 def digits_scores(samples: Tensor, reference: Tensor) -> dict:
     """FD-digits, Inception-style score and class coverage of samples against reference digits."""
-    from .metrics import frechet_distance, inception_score
 
     net = load_classifier()
     with torch.no_grad():

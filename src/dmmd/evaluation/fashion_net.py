@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dmmd.data.datasets import load_fashion_mnist_dataset
+from dmmd.evaluation.metrics import frechet_distance, inception_score
+from dmmd.runtime.checkpoint import atomic_write_bytes
+
 WEIGHTS = Path(__file__).with_name("fashion_classifier.safetensors")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 BATCH = 2000  # images per network pass when scoring (bounds memory)
@@ -46,7 +50,6 @@ class FashionNet(nn.Module):
 def train_classifier(epochs: int = 10, seed: int = 0, batch_size: int = 128, lr: float = 1e-3,
                      root: str = "") -> tuple[FashionNet, float]:
     """Adam on the training split, shuffled by a seeded generator; returns (net, held-out accuracy)."""
-    from ..data.datasets import load_fashion_mnist_dataset
 
     data = load_fashion_mnist_dataset(root)
     torch.manual_seed(seed)
@@ -108,7 +111,6 @@ def _class_figures(logits: Tensor, held_logits: Tensor) -> dict:
 def fashion_scores(samples: Tensor, reference: Tensor) -> dict:
     """FD-fashion, Inception-style score and class coverage of samples against reference images,
     both (N, 1, 28, 28) in model scale [-1, 1]."""
-    from .metrics import frechet_distance, inception_score
 
     fs, logits = features_and_logits(samples)
     fr, held = features_and_logits(reference)
@@ -126,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.train:
         from safetensors.torch import save
 
-        from ..checkpoint import atomic_write_bytes
 
         torch.set_num_threads(1)  # bit-reproducible weights on one CPU
         net, acc = train_classifier(root=args.root)

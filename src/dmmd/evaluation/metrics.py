@@ -9,7 +9,6 @@ on images, live in ``dmmd.evaluation.inception``.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .mlp import LabelEmbedding, TimeEmbedding, broadcast_time
+from dmmd.nets.mlp import LabelEmbedding, TimeEmbedding, broadcast_time
 
 
 def _groups(channels: int) -> int:

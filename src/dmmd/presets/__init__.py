@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dmmd.config import ConfigError
+
 FOLDER = Path(__file__).resolve().parent
 
 
@@ -17,7 +19,6 @@ def names() -> list[str]:
 
 def path(name: str) -> Path:
     """The file of preset `name` (a ConfigError naming the presets when there is none)."""
-    from ..config import ConfigError
 
     file = FOLDER / f"{name}.toml"
     if not name or "/" in name or not file.is_file():

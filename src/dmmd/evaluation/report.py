@@ -1,0 +1,132 @@
+"""What `dmmd sample` and the demo report beside samples: diversity next to accuracy (SPEC 8).
+
+- every data set: distinct share, nearest-neighbour distances among samples against held-out data
+  (at equal set sizes), near-duplicate share, distance to the nearest training example;
+- 8 Gaussians: each mode's share, share within 3 data standard deviations of a mode centre,
+  within-mode spread against the data's;
+- digits: a logistic-regression classifier fitted on the training split gives each class's share
+  of the samples and the mean top-class probability, against the same on held-out digits;
+- Fashion-MNIST: the same class figures from the shipped Fashion-MNIST network
+  (dmmd.evaluation.fashion_net).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmmd.data.datasets import Dataset, load_digits
+from dmmd.data.toys import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD, eight_gaussians_centres
+from dmmd.evaluation import metrics as m
+from dmmd.evaluation.digits_net import digits_scores
+from dmmd.evaluation.diversity import distinct_share, diversity_report, median_nn_distance, mode_report
+from dmmd.evaluation.fashion_net import class_report as fashion_class_report
+from dmmd.evaluation.fashion_net import fashion_scores
+from dmmd.evaluation.metrics import frechet_distance
+from dmmd.methods.latent import Autoencoder, decode, encode
+
+
+@lru_cache(maxsize=1)
+def digits_classifier():
+    """Logistic regression on the digits training split (pixels in [-1, 1]); deterministic."""
+    from sklearn.linear_model import LogisticRegression
+
+
+    data = load_digits()
+    clf = LogisticRegression(max_iter=2000, C=1.0)
+    clf.fit(data.train.flatten(1).numpy(), data.labels_train.numpy())
+    return clf
+
+
+def class_report(samples: Tensor, heldout: Tensor) -> dict:
+    clf = digits_classifier()
+    probs = clf.predict_proba(samples.flatten(1).clamp(-1, 1).numpy())
+    held = clf.predict_proba(heldout.flatten(1).numpy())
+    shares = np.bincount(probs.argmax(1), minlength=10) / len(probs)
+    return {"class_shares": [round(float(s), 4) for s in shares],
+            "min_class_share": float(shares.min()), "max_class_share": float(shares.max()),
+            "confidence": float(probs.max(1).mean()), "confidence_heldout": float(held.max(1).mean())}
+
+
+def eight_gaussians_scores(z: Tensor) -> dict:
+    """The issue-8 criteria: share within 3 data std of a mode centre, each mode's share, distinct
+    share at a thousandth of the radius, within-mode std over the data's (pass: >= 0.9, 8-17%,
+    >= 0.95, 0.6-1.5)."""
+    modes = mode_report(z.double(), eight_gaussians_centres().double(), EIGHT_GAUSSIANS_STD, radius_in_std=3.0)
+    r = {"near": modes["near_share"], "min_mode": min(modes["mode_shares"]), "max_mode": max(modes["mode_shares"]),
+         "distinct": distinct_share(z.double(), EIGHT_GAUSSIANS_RADIUS / 1000),
+         "std_ratio": modes["within_mode_std_ratio"]}
+    r["pass"] = bool(r["near"] >= 0.9 and r["min_mode"] >= 0.08 and r["max_mode"] <= 0.17
+                     and r["distinct"] >= 0.95 and 0.6 <= r["std_ratio"] <= 1.5)
+    return r
+
+
+def sample_report(samples: Tensor, data: Dataset) -> dict:
+    """Diversity and accuracy figures of samples (model scale) against the data set."""
+    flat, train, test = samples.flatten(1).double(), data.train.flatten(1).double(), data.test.flatten(1).double()
+    if not torch.isfinite(flat).all():
+        return {"error": "non-finite samples"}
+    report = diversity_report(flat, train, test)
+    m = min(len(flat), len(test))
+    report["median_nn_samples_equal_size"] = median_nn_distance(flat[:m])
+    report["median_nn_heldout_equal_size"] = median_nn_distance(test[:m])
+    if data.name == "eight_gaussians":
+        modes = mode_report(flat, eight_gaussians_centres().double(), EIGHT_GAUSSIANS_STD)
+        report["modes"] = modes
+    if data.name == "digits":
+        report["classes"] = class_report(samples.float(), data.test)
+    if data.name == "fashion_mnist":
+        report["classes"] = fashion_class_report(samples.float(), data.test)
+    return report
+
+
+METRICS = ("diversity", "fd", "kid", "mmd", "energy", "precision_recall")
+
+
+def evaluate_samples(samples: Tensor, data: Dataset, metrics: tuple[str, ...] = METRICS) -> dict:
+    """Metrics of samples (model scale) against held-out data, on raw (flattened) coordinates.
+
+    fd: Frechet distance; kid: KID (mean, standard error); mmd: unbiased MMD^2 with a Gaussian kernel
+    of median-heuristic width; energy: energy distance; precision_recall: k-NN manifolds (k = 3).
+    Raw-coordinate metrics suit low-dimensional data; for images use a feature network.
+    """
+
+    flat, test = samples.flatten(1).double(), data.test.flatten(1).double()
+    out: dict = {"num_samples": len(flat), "num_heldout": len(test)}
+    if "diversity" in metrics:
+        out["diversity"] = sample_report(samples, data)
+    if "fd" in metrics:
+        out["fd"] = m.frechet_distance(flat, test)
+    if "kid" in metrics:
+        mean, err = m.kid(flat, test, num_subsets=50, subset_size=min(len(flat), len(test), 1000))
+        out["kid"] = {"mean": mean, "std_error": err}
+    if "mmd" in metrics:
+        out["mmd_rbf"] = m.mmd_rbf(flat, test)
+    if "energy" in metrics:
+        out["energy_distance"] = m.energy_distance(flat, test)
+    if data.name == "digits":
+        out["digits"] = digits_scores(samples, data.test)  # FD-digits, IS-digits, class coverage
+    if data.name == "fashion_mnist":
+        out["fashion"] = fashion_scores(samples, data.test)  # FD-fashion, IS-fashion, class coverage
+    if "precision_recall" in metrics:
+        precision, recall = m.precision_recall(test, flat, k=3)
+        out["precision"], out["recall"] = precision, recall
+    return out
+
+
+def reconstruction_floor(ae: Autoencoder, data: Dataset, num: int) -> dict:
+    """FD of the reconstructions of the first `num` held-out images (at most all of them) against
+    every held-out image, as samples are scored: raw pixels, and FD-fashion / FD-digits for those
+    data sets. A latent model's samples can at best match their decoder's output distribution."""
+    x = data.test[:max(2, min(num, len(data.test)))]
+    recon = decode(encode(x, ae), ae)
+    out = {"num_images": len(x), "mse": float((recon - x).square().mean()), "autoencoder_sha256": ae.sha256,
+           "fd": frechet_distance(recon.flatten(1).double(), data.test.flatten(1).double())}
+    if data.name == "fashion_mnist":
+        out["fd_fashion"] = fashion_scores(recon, data.test)["fd_fashion"]
+    if data.name == "digits":
+        out["fd_digits"] = digits_scores(recon, data.test)["fd_digits"]
+    return out

@@ -1,0 +1,237 @@
+"""One entry to every method's sampler: NFE budgets, calibration, checks, drawing samples.
+
+Calibration computes what the samplers need from the training data once, so that sampling with
+the linear kernel needs no data: per grid level the mean features of clean data (mu_data(t)) and
+of data noised to that level (reading (b)), and, for reading (c), the particle means of one exact
+run of a large population (mean-field replay), tagged with the sampler settings they were made with.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from dmmd.config import SAMPLERS, Config, SampleConfig
+from dmmd.math.noising import Process, time_grid
+from dmmd.methods import conditional, ddpm, flow_matching
+from dmmd.methods.build import flow_settings
+from dmmd.methods.discriminator import Discriminator
+from dmmd.methods.mmd_flow import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
+
+REPLAY_SEED = 2**31 - 1  # the replay population's seed: far from users' sampling seeds
+
+
+class SamplerMismatch(ValueError):
+    """The checkpoint holds no statistics for the requested sampler settings."""
+
+
+def grid_tag(settings: FlowSettings) -> str:
+    return f"T={settings.num_levels},grid={settings.grid}"
+
+
+@torch.no_grad()
+def level_statistics(disc: Discriminator, train: Tensor, process: Process, settings: FlowSettings,
+                     seed: int = 0, batch_size: int = 1024) -> dict:
+    """mu_data(t_k) and the mean features of data noised to t_k, for every grid level."""
+    grid = time_grid(process, settings.num_levels, settings.grid)
+    gen = torch.Generator(device=train.device).manual_seed(seed)
+    data_mean = level_features(disc, train, grid, batch_size)
+    noised = [disc.features(process.corrupt(train, t, generator=gen), t).mean(0) for t in grid.tolist()]
+    return {"grid": grid_tag(settings), "data_mean": data_mean, "noised_mean": torch.stack(noised)}
+
+
+def replay_trajectory(disc: Discriminator, process: Process, settings: FlowSettings, data_mean: Tensor,
+                      shape: tuple[int, ...], num_particles: int, progress=None) -> Tensor:
+    """Reading (c): the particle mean feature of every step of one exact linear run, (T N_s, D)."""
+    grid = time_grid(process, settings.num_levels, settings.grid)
+    device = data_mean.device
+    noise = ParticleNoise(REPLAY_SEED, num_particles, shape, device=device)
+    z0 = noise.prior(process)
+    big_chunk = FlowSettings(**{**settings.__dict__, "chunk_size": max(settings.chunk_size, num_particles)})
+    _, means = exact_flow(disc, z0, grid, big_chunk, process, data_mean, noise, record_means=True, progress=progress)
+    return means
+
+
+def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process, stats: dict | None = None,
+              settings: FlowSettings | None = None, progress=None, labels: Tensor | None = None) -> dict:
+    """Level statistics (if the grid changed) and, for the linear kernel, a replay for `settings`.
+    A conditional model (labels: the training rows' classes) gets per-class ones (dmmd.methods.conditional)."""
+    settings = settings or flow_settings(cfg.sample)
+    if getattr(disc, "num_classes", 0):
+        return conditional.calibrate(disc, cfg, train, labels, process, stats, settings, progress)
+    stats = dict(stats or {})
+    if disc.objective == "kale":
+        return stats
+    if stats.get("grid") != grid_tag(settings):
+        stats.update(level_statistics(disc, train, process, settings, cfg.seed))
+    if disc.kernel_name == "linear":
+        replays = dict(stats.get("replay", {}))
+        replays[settings.tag()] = replay_trajectory(disc, process, settings, stats["data_mean"], tuple(train.shape[1:]),
+                                                    cfg.sample.replay_particles, progress)
+        stats["replay"] = replays
+    return stats
+
+
+BOUNDED_DATA = ("digits", "mnist", "fashion_mnist", "cifar10", "folder")  # scaled to [-1, 1] by the data layer
+
+
+def clip_range(cfg: Config) -> float | None:
+    """DDPM's clip of the predicted clean sample: 1.0 (data in [-1, 1]) or None (sample.clip_x0;
+    'auto' clips the data sets the data layer scales to [-1, 1], not toys, user arrays or the
+    standardised latents of model.latent, which are unbounded)."""
+    mode = cfg.sample.clip_x0
+    bounded = cfg.data.name in BOUNDED_DATA and not cfg.model.latent
+    return 1.0 if mode == "on" or (mode == "auto" and bounded) else None
+
+
+def nfe(cfg: Config) -> int:
+    """Network evaluations of cfg.sample's sampler (a DMMD step is one forward and its input
+    gradient; Heun's last step is Euler)."""
+    s = cfg.sample
+    if cfg.method == "fm":
+        return flow_matching.num_evaluations(s.num_steps, s.sampler)
+    return s.num_steps if cfg.method == "ddpm" else s.num_levels * s.steps_per_level
+
+
+def dmmd_split(nfe: int) -> tuple[int, int]:
+    """T x N_s for an NFE budget: one step per level up to 20 levels, then the paper's T = 10
+    levels of NFE / 10 steps (NFE levels of one step when NFE is not a multiple of 10). Measured on
+    digits (benchmarks/nfe_rule.py): at NFE 20, 20 x 1 beat 10 x 2 at every step size tried."""
+    if nfe <= 20 or nfe % 10:
+        return nfe, 1
+    return 10, nfe // 10
+
+
+def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -> None:
+    """Set cfg.sample for a budget of nfe network evaluations, in place; keys in `keep` (e.g.
+    'sample.step_size' given with --set) are left as they are.
+
+    DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split`, and from the
+    configured (T0, N0, eta0, c_re0):
+        eta  = eta0 (N0 / N_s)^p (T0 / T)      p = sample.step_size_power (0.7)
+        c_re = c_re0 sqrt(T0 / T)
+    so that the distance travelled per unit of t grows as N_s^(1 - p) and the re-noise variance per
+    unit of t stays put. A fixed eta fails at small NFE (digits: FD 481 at NFE 10 with eta 0.1 at
+    10 x 1): per-NFE tuning on digits chose eta N_s = 1, 1.5 and 2-3 at N_s = 1, 5 and 10 over
+    10 levels (benchmarks/results/nfe_rule.json), i.e. p of about 0.7."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    s = cfg.sample
+    if cfg.method != "dmmd":
+        if "sample.num_steps" not in keep:
+            s.num_steps = nfe
+        return
+    eta, levels_before, steps_before = s.step_size, s.num_levels, s.steps_per_level
+    levels, steps = dmmd_split(nfe)
+    if "sample.num_levels" not in keep:
+        s.num_levels = levels
+    if "sample.steps_per_level" not in keep:
+        s.steps_per_level = steps if "sample.num_levels" not in keep else max(1, nfe // s.num_levels)
+    if "sample.step_size" not in keep:
+        s.step_size = eta * (steps_before / s.steps_per_level) ** s.step_size_power * levels_before / s.num_levels
+    if "sample.renoise" not in keep:
+        s.renoise = s.renoise * math.sqrt(levels_before / s.num_levels)
+
+
+def needs_calibration(disc: Discriminator, cfg: Config, stats: dict) -> bool:
+    """True when cfg.sample's DMMD sampler needs level statistics or a replay the stats lack."""
+    s, settings = cfg.sample, flow_settings(cfg.sample)
+    if cfg.method != "dmmd" or s.sampler == "kale" or disc.objective == "kale" or disc.kernel_name != "linear":
+        return False
+    if disc.num_classes:
+        return conditional.needs_calibration(cfg, stats, settings)
+    if stats.get("grid") != grid_tag(settings):
+        return True
+    return s.sampler == "approx" and s.reading == "replay" and settings.tag() not in stats.get("replay", {})
+
+
+def check_sampler(disc: Discriminator, cfg: Config, stats: dict, reference: Tensor | None = None) -> None:
+    """Raise SamplerMismatch when cfg.sample's sampler cannot run on this model and its statistics."""
+    s, settings = cfg.sample, flow_settings(cfg.sample)
+    if s.sampler not in SAMPLERS[cfg.method]:
+        raise SamplerMismatch(f"--sampler {s.sampler} does not fit a model trained with method = {cfg.method!r} "
+                              f"(use {' or '.join(SAMPLERS[cfg.method])})")
+    if cfg.method != "dmmd":
+        return
+    if s.sampler == "kale" and disc.objective != "kale":
+        raise SamplerMismatch("the kale sampler needs a model trained with model.objective = 'kale'")
+    if s.sampler != "kale" and disc.objective == "kale":
+        raise SamplerMismatch("this checkpoint was trained with the KALE objective: use --sampler kale")
+    if s.sampler == "approx" and disc.kernel_name != "linear":
+        raise SamplerMismatch(f"--sampler approx needs the linear kernel; this checkpoint uses "
+                              f"{disc.kernel_name!r}: use --sampler exact")
+    if s.sampler == "kale":
+        return
+    if disc.num_classes:
+        problem = conditional.missing(cfg, stats, settings)
+        if problem:
+            raise SamplerMismatch(problem)
+        return
+    if disc.kernel_name == "linear" and stats.get("grid") != grid_tag(settings):
+        raise SamplerMismatch(f"the checkpoint has no level statistics for {grid_tag(settings)} (it has "
+                              f"{stats.get('grid')}); make them with `dmmd calibrate --checkpoint RUN` and the "
+                              "same --set sample.* options")
+    if s.sampler == "approx" and s.reading == "replay" and settings.tag() not in stats.get("replay", {}):
+        raise SamplerMismatch(f"the checkpoint has no replay trajectory for {settings.tag()} "
+                              f"(it has: {', '.join(stats.get('replay', {})) or 'none'}); make one with "
+                              "`dmmd calibrate --checkpoint RUN` and the same --set sample.* options")
+    if s.sampler == "exact" and disc.kernel_name != "linear" and reference is None:
+        raise SamplerMismatch("the exact sampler with a non-linear kernel needs reference data (data.* in the config)")
+
+
+def _guide(labels: Tensor | None, s: SampleConfig, device) -> dict:
+    """The label and guidance keywords of the DDPM and flow-matching samplers."""
+    return {} if labels is None else {"y": labels.to(device), "guidance": s.guidance}
+
+
+def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shape: tuple[int, ...],
+           num_samples: int, seed: int, reference: Tensor | None = None, start: int = 0,
+           device: str | torch.device = "cpu", progress=None, known=None, labels: Tensor | None = None) -> Tensor:
+    """Draw num_samples particles with the sampler named in cfg.sample (in model space).
+
+    labels: (num_samples,) classes for a conditional model (None: unconditional, the null label),
+    guided with sample.guidance (dmmd.methods.conditional for DMMD; classifier-free guidance otherwise).
+
+    known: inpainting, a function (noise, z0) -> replacement hook for these particles
+    (`dmmd.math.inpaint.replacement_for`); None samples unconditionally."""
+    check_sampler(disc, cfg, stats, reference)
+    if labels is not None:
+        if not conditional.model_classes(disc) or len(labels) != num_samples:
+            raise ValueError(f"labels need a conditional model and one label per sample; got {len(labels)} labels for "
+                             f"{num_samples} samples of a model with {conditional.model_classes(disc)} classes")
+    s, settings = cfg.sample, flow_settings(cfg.sample)
+    noise = ParticleNoise(seed, num_samples, shape, start=start, device=device)
+    z0 = noise.prior(process)
+    hook = None if known is None else known(noise, z0)
+    if cfg.method == "fm":  # the prior N(0, I) at t = 0 of the rectified flow
+        return flow_matching.sample(disc, z0, s.num_steps, s.sampler, progress, chunk_size=s.chunk_size, known=hook,
+                                    **_guide(labels, s, device))
+    if cfg.method == "ddpm":
+        return ddpm.sample(disc, z0, process, s.num_steps, s.sampler, noise, progress,
+                           eta=s.ddim_eta if s.sampler == "ddim" else 0.0, chunk_size=s.chunk_size,
+                           clip=clip_range(cfg), clipped_eps=s.ddim_clipped_eps, known=hook, **_guide(labels, s, device))
+    if disc.num_classes:
+        return conditional.sample(disc, cfg, stats, process, z0, labels, settings, noise, progress, known=hook)
+    grid = time_grid(process, settings.num_levels, settings.grid)
+    if s.sampler == "kale":
+        return kale_flow(disc, z0, grid, settings, process, noise, progress, known=hook)
+    if s.sampler == "approx":
+        particle_term = {"own": None, "data_noised": stats["noised_mean"]}.get(s.reading)
+        if s.reading == "replay":
+            particle_term = stats["replay"][settings.tag()]
+        return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], particle_term,
+                           per_step=s.reading == "replay", noise=noise, progress=progress, known=hook)
+    if disc.kernel_name == "linear":
+        ref = stats["data_mean"]
+    else:
+        ref = level_features(disc, reference, grid, reduce_mean=False)
+        if s.kernel_step_size > 0:  # pairwise repulsion needs its own step size (SPEC 8)
+            settings = replace(settings, step_size=s.kernel_step_size)
+    out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress, known=hook)
+    return out
+
+

@@ -1,0 +1,132 @@
+"""What a training run writes as it goes: RUN/log.txt, RUN/metrics.jsonl, optional TensorBoard.
+
+- log.txt: one line per logging interval (step, loss terms, steps/s, ETA) and the run's events.
+- metrics.jsonl: one JSON record per line; "kind" is "train" (every train.log_every steps: the
+  loss terms) or "val" (every checkpoint: the EMA model's held-out loss). elapsed_s counts the
+  training time of every session of the run, so it continues across resume.
+- TensorBoard event files in RUN/tensorboard (losses, held-out loss, a sample grid at each
+  checkpoint) when the `tensorboard` package is installed; nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from dmmd.evaluation.plotting import image_grid
+from dmmd.runtime.checkpoint import atomic_write_text
+from dmmd.training.preview import preview_samples
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl (a line cut short by a kill is skipped); records written
+    before "kind" existed count as "val" when they hold val_loss only, else "train"."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            record.setdefault("kind", "val" if "val_loss" in record and "loss" not in record else "train")
+            records.append(record)
+    return records
+
+
+def _tensorboard_writer(folder: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+class RunLog:
+    """log.txt lines, metrics.jsonl records and TensorBoard scalars of one training session.
+
+    echo: a function that shows lines to the user (the CLI's print), or None; interval lines are
+    echoed only when `echo_intervals` (no progress bar is drawn)."""
+
+    def __init__(self, run_dir: Path, echo=None, enabled: bool = True, total_steps: int = 0,
+                 echo_intervals: bool = True, tensorboard: bool = True):
+        self.run_dir, self.echo, self.enabled = Path(run_dir), echo, enabled
+        self.total_steps, self.echo_intervals, self.use_tensorboard = total_steps, echo_intervals, tensorboard
+        self.offset, self.started = 0.0, time.time()
+        self.last = None  # (step, time) of the previous interval line
+        self.board = None
+
+    def start(self, step: int) -> None:
+        """Begin a session at `step` (0, or the resumed checkpoint's): records of steps after it
+        (written after that checkpoint by a session that was killed) are dropped, and elapsed_s
+        continues from the last kept record."""
+        self.started, self.last = time.time(), (step, time.time())
+        if not self.enabled:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            kept = [r for r in read_metrics(path) if r["step"] <= step]
+            self.offset = max((r.get("elapsed_s", 0.0) for r in kept), default=0.0)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        if self.use_tensorboard:
+            self.board = _tensorboard_writer(self.run_dir / "tensorboard", step + 1 if step > 0 else None)
+
+    def elapsed(self) -> float:
+        return self.offset + time.time() - self.started
+
+    def line(self, text: str, echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "log.txt", "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        if self.echo and echo:
+            self.echo(text)
+
+    def metrics(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def train(self, step: int, terms: dict) -> None:
+        """A logging interval: a "train" record, a log.txt line with speed and ETA, scalars."""
+        now = time.time()
+        last_step, last_time = self.last or (step, now)
+        rate = (step - last_step) / (now - last_time) if now > last_time and step > last_step else math.nan
+        self.last = (step, now)
+        self.metrics({"kind": "train", "step": step, "elapsed_s": round(self.elapsed(), 2),
+                      "steps_per_s": round(rate, 3) if math.isfinite(rate) else None, **terms})
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in terms.items() if k != "grad_norm")
+        eta = _duration((self.total_steps - step) / rate) if math.isfinite(rate) and rate > 0 else "?"
+        self.line(f"step {step}/{self.total_steps}  {shown}  {rate:.1f} steps/s  ETA {eta}", echo=self.echo_intervals)
+        if self.board is not None:
+            for key, value in terms.items():
+                self.board.add_scalar(f"train/{key}", value, step)
+
+    def val(self, step: int, value: float) -> None:
+        """A checkpoint's held-out loss: a "val" record, a log.txt line, a scalar."""
+        self.metrics({"kind": "val", "step": step, "elapsed_s": round(self.elapsed(), 2), "val_loss": value})
+        self.line(f"step {step}: held-out loss {value:.4g}", echo=self.echo_intervals)
+        if self.board is not None:
+            self.board.add_scalar("val/loss", value, step)
+
+    def preview(self, step: int, model, cfg, data) -> None:
+        """A grid of 16 samples of the model for TensorBoard (image data, when it is installed)."""
+        if self.board is None or data.ndim != 4:
+            return
+
+        z = preview_samples(model, cfg, data, tuple(data.shape[1:]), num=16)
+        grid = image_grid(z.detach().float().cpu().numpy(), nrow=4, scale=max(1, 32 // data.shape[-1]))
+        self.board.add_image("samples", grid, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
