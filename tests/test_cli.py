@@ -53,7 +53,7 @@ def test_sample_writes_outputs(run_dir, tmp_path, sampler):
 def test_reload_in_new_process_gives_identical_samples(run_dir, tmp_path):
     """Same checkpoint, same seed, a fresh interpreter: identical features and samples."""
     script = (
-        "import sys, torch; from dmmd.methods.sample import load_model, build_process, sample\n"
+        "import sys, torch; from dmmd.methods.build import load_model, build_process; from dmmd.methods.sample import sample\n"
         "cfg, disc, stats, p = load_model(sys.argv[1])\n"
         "x = torch.linspace(-2, 2, 20).view(10, 2)\n"
         "f = disc.features(x, 0.3)\n"

@@ -702,15 +702,15 @@ def test_sigterm_during_sampling_leaves_the_earlier_output(corpus, tmp_path, mon
     assert main(["sample", "--checkpoint", str(corpus / "run"), "--num-samples", "5", "--out", str(out),
                  "--no-progress"]) == 0
     before = _snapshot(tmp_path)
-    import dmmd.methods.sample as pipeline
+    import dmmd.cli.sample as command  # the name the command calls
 
-    real = pipeline.sample
+    real = command.sample
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "sample", interrupted)
+    monkeypatch.setattr(command, "sample", interrupted)
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(corpus / "run"), "--num-samples", "7", "--out", str(out),
                  "--no-progress"]) == 143

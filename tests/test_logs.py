@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dmmd.training.loop import log as runlog
+from dmmd.training import log as runlog
 from dmmd.cli import main
 from dmmd.training.log import read_metrics
 

@@ -16,6 +16,7 @@ from dmmd.math import divergences as dv
 from dmmd.methods.discriminator import Discriminator
 from dmmd.math.noising import VPProcess
 from dmmd.apps.studies import kernel_width as kw
+from dmmd.apps.studies import mmd_gan, rank
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -23,14 +24,14 @@ def test_spearman_matches_scipy_with_ties(seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 6, 30).astype(float)  # many ties
     y = x + rng.normal(size=30)
-    assert kw.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
-    assert kw.spearman(np.arange(9), np.arange(9) ** 3) == pytest.approx(1.0)
+    assert rank.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert rank.spearman(np.arange(9), np.arange(9) ** 3) == pytest.approx(1.0)
 
 
 def _gan(seed=0, **kwargs):
     torch.manual_seed(seed)
-    s = kw.GANSettings(hidden=8, feature_dim=4, latent_dim=3, **kwargs)
-    return kw.MMDGAN(2, s).double(), s
+    s = mmd_gan.GANSettings(hidden=8, feature_dim=4, latent_dim=3, **kwargs)
+    return mmd_gan.MMDGAN(2, s).double(), s
 
 
 def test_mmd_gan_width_is_exp_of_its_parameter():
@@ -44,7 +45,7 @@ def test_mmd_gan_width_is_exp_of_its_parameter():
 def test_mmd_gan_critic_loss_terms_against_brute_force():
     gan, _ = _gan()
     x, fake = torch.randn(7, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64) + 1.0
-    loss, terms = kw.mmd_gan_critic_loss(gan, x[:6], fake, 0.7, 0.3, torch.Generator().manual_seed(1))
+    loss, terms = mmd_gan.mmd_gan_critic_loss(gan, x[:6], fake, 0.7, 0.3, torch.Generator().manual_seed(1))
     a, b = gan.features(x[:6]), gan.features(fake)
     # MMD^2 by explicit loops (unbiased)
     w2 = float(gan.width().detach()) ** 2
@@ -75,25 +76,25 @@ def test_critic_step_raises_and_generator_step_lowers_mmd():
     z = torch.randn(64, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     opt_c = torch.optim.SGD(gan.critic_parameters(), lr=1e-2)
     fake = gan.generator(z).detach()
-    before = float(kw.mmd_gan_generator_loss(gan, x, fake).detach())
-    loss, _ = kw.mmd_gan_critic_loss(gan, x, fake, 0.0, 0.0)
+    before = float(mmd_gan.mmd_gan_generator_loss(gan, x, fake).detach())
+    loss, _ = mmd_gan.mmd_gan_critic_loss(gan, x, fake, 0.0, 0.0)
     opt_c.zero_grad()
     loss.backward()
     opt_c.step()
-    after_critic = float(kw.mmd_gan_generator_loss(gan, x, fake).detach())
+    after_critic = float(mmd_gan.mmd_gan_generator_loss(gan, x, fake).detach())
     assert after_critic > before
     opt_g = torch.optim.SGD(gan.generator.parameters(), lr=1e-2)
-    g_loss = kw.mmd_gan_generator_loss(gan, x, gan.generator(z))
+    g_loss = mmd_gan.mmd_gan_generator_loss(gan, x, gan.generator(z))
     opt_g.zero_grad()
     g_loss.backward()
     opt_g.step()
-    assert float(kw.mmd_gan_generator_loss(gan, x, gan.generator(z)).detach()) < float(g_loss.detach())
+    assert float(mmd_gan.mmd_gan_generator_loss(gan, x, gan.generator(z)).detach()) < float(g_loss.detach())
 
 
 def test_train_mmd_gan_history():
     x = torch.randn(200, 2)
-    s = kw.GANSettings(iterations=5, batch_size=16, hidden=8, feature_dim=4, latent_dim=2)
-    gan, history = kw.train_mmd_gan(x, s)
+    s = mmd_gan.GANSettings(iterations=5, batch_size=16, hidden=8, feature_dim=4, latent_dim=2)
+    gan, history = mmd_gan.train_mmd_gan(x, s)
     assert len(history["width"]) == len(history["mmd2"]) == 5
     assert all(w > 0 and math.isfinite(w) for w in history["width"])
     assert float(gan.width().detach()) == pytest.approx(history["width"][-1])

@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                    "samplers euler, heun)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint "
-                   "(its config.json is used; --set may change train.steps)")
+                   "(its config.json is used; --set may change only train.steps, train.checkpoint_every, "
+                   "train.log_every, train.keep_checkpoints, train.threads, train.device and train.lr)")
     p.add_argument("--device", help="auto (CUDA when available; the default of train.device), cpu, cuda or "
                    "cuda:N (sets train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (a bar is drawn on a terminal only; "

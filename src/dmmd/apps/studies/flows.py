@@ -22,7 +22,7 @@ flows get their best step size from a grid (eta = c w^2, c = 1, 4, 16, 64, the e
 stable range; chosen by the final reference MMD^2 of a 250-particle run), so they are compared
 at their best, not at DMMD's eta.
 
-``python -m dmmd.apps.studies.flows --out DIR`` writes DIR/flows_<toy>.png (MMD^2 against iteration),
+``dmmd study flows --out DIR`` writes DIR/flows_<toy>.png (MMD^2 against iteration),
 DIR/flows.md (final-score table) and DIR/flows.json (all curves); ``--quick`` is a reduced run.
 """
 
@@ -344,7 +344,7 @@ def table_markdown(name: str, r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dmmd.apps.studies.flows", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="dmmd study flows", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for flows_<toy>.png, flows.md, flows.json")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds; for tests)")
     p.add_argument("--toys", nargs="+", choices=TOYS, default=["eight_gaussians"])

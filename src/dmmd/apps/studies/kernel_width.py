@@ -27,7 +27,7 @@ steps of the critic (psi, log_w) on -MMD2_unbiased(psi(x), psi(G(z))) + lambda_g
 MMD2_unbiased. We record w per iteration and, for the final critic, MMD^2(P_t, P) with its kernel
 on psi (clean data against data noised to t).
 
-``python -m dmmd.apps.studies.kernel_width --out DIR`` writes DIR/kernel_width_<data>.png, DIR/kernel_width.json
+``dmmd study kernel-width --out DIR`` writes DIR/kernel_width_<data>.png, DIR/kernel_width.json
 and DIR/kernel_width.md (acceptance figures); ``--quick`` is a reduced run for tests.
 """
 
@@ -58,7 +58,7 @@ from dmmd.training.loop import train, train_step
 from dmmd.training.state import TrainState, warmup_ema
 
 DATASETS = ("eight_gaussians", "digits")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "presets"  # shipped in the package (configs/ links here)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "presets"  # shipped in the package (configs/ links here)
 
 
 def preset(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> config_mod.Config:
@@ -358,7 +358,7 @@ def summary_markdown(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dmmd.apps.studies.kernel_width", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="dmmd study kernel-width", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the PNGs, kernel_width.json and kernel_width.md")
     p.add_argument("--quick", action="store_true", help="a reduced run (a few seconds; for tests)")
     p.add_argument("--data", nargs="+", choices=DATASETS, default=list(DATASETS))

@@ -62,7 +62,7 @@ Particles move along grad f. "The MMD gradient" is made precise in three ways (`
    So the claim holds for the force toward the data (criteria 1 and 2), not for the raw mean
    squared gradient norm; see docs/optimal_width.md.
 
-``python -m dmmd.apps.studies.optimal_width --out DIR`` writes DIR/optimal_width.png and
+``dmmd study optimal-width --out DIR`` writes DIR/optimal_width.png and
 DIR/optimal_width.json (optimal width against distance for a few d).
 """
 
@@ -305,7 +305,7 @@ def plot_optimal_width(path, deltas: Sequence[float] | None = None, s: float = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dmmd.apps.studies.optimal_width",
+    p = argparse.ArgumentParser(prog="dmmd study optimal-width",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory for optimal_width.png and optimal_width.json")
     p.add_argument("--s", type=float, default=1.0, help="standard deviation of both Gaussians")

@@ -16,7 +16,7 @@ at a time, bit-identical to dmmd.methods.sample.sample). Models: the eight_gauss
 trained into RUNS/<name> unless a final checkpoint is already there (RUNS defaults to OUT/runs;
 point it at the flows study's runs folder to reuse its model).
 
-``python -m dmmd.apps.studies.pictures --out DIR``; ``--quick`` for a reduced run.
+``dmmd study pictures --out DIR``; ``--quick`` for a reduced run.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def run(name: str, out: Path, runs: Path, st: PictureSettings, sampler: str | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dmmd.apps.studies.pictures", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="dmmd study pictures", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the GIF, the PNGs and marginals.json")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds; for tests)")
     p.add_argument("--runs", help="folder holding (or receiving) the trained presets; default OUT/runs")
