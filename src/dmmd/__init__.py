@@ -20,3 +20,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'dmmd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return ["Pipeline", "Trainer", "train", "__version__"]

@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses, TOML/JSON files as data, checked `section.key=value` overrides.
 
-Every open choice of the method (SPEC) is a field here, never a constant in the code.
+Every choice the paper leaves open is a field here, never a constant in the code.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class TrainConfig:
     lambda_gp: float = 1.0
     lambda_l2: float = 0.1
     gp_fraction: float = 1.0  # share of each level's interpolates the gradient penalty sees, in (0, 1]
-    gp_every: int = 1  # lazy regularisation (SPEC 10): the penalty only on steps k, 2k, ... (1-based, as logged), weighted k lambda_gp
+    gp_every: int = 1  # lazy regularisation (StyleGAN2's lazy R1, docs/gpu.md): the penalty only on steps k, 2k, ... (1-based, as logged), weighted k lambda_gp
     gp_lazy: str = "scale"  # with gp_every = k > 1: scale (above) | reuse (the penalty at weight 1 on steps 1, k+1, ...; its gradient kept and added again on the k-1 steps after, docs/method.md)
     lr: float = 2e-4
     beta1: float = 0.9
@@ -110,7 +110,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     sampler: str = "approx"  # exact | approx | kale (DMMD); ddpm | ddim (method = ddpm); euler | heun (method = fm)
-    reading: str = "replay"  # approx particle term: own | data_noised | replay (SPEC 5 (a), (b), (c))
+    reading: str = "replay"  # approx particle term: own | data_noised | replay (readings (a), (b), (c) in docs/sampling.md)
     num_levels: int = 10  # T
     steps_per_level: int = 10  # N_s
     step_size: float = 0.1  # eta
@@ -178,7 +178,7 @@ POSITIVE |= {"autoencoder.latent_dim", "autoencoder.steps", "autoencoder.batch_s
              "autoencoder.log_every", "autoencoder.checkpoint_every"}
 NON_NEGATIVE |= {"autoencoder.latent_l2"}
 SAMPLERS = {"dmmd": ("exact", "approx", "kale"), "ddpm": ("ddpm", "ddim"), "fm": ("euler", "heun")}
-# The KALE flow collapses above eta = 0.02 without noise (SPEC 8: injection and re-noising of
+# The KALE flow collapses above eta = 0.02 without noise (in an earlier probe, injection and re-noising of
 # 0.3 sigma_t at eta 0.02 passed every 8-Gaussians criterion); applied to model.objective = 'kale'
 # for the keys a file or --set leaves out.
 KALE_SAMPLE_DEFAULTS = {"sample.sampler": "kale", "sample.step_size": 0.02, "sample.inject": 0.3, "sample.renoise": 0.3}

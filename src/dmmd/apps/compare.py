@@ -1,4 +1,4 @@
-"""`dmmd compare`: DMMD against DDPM and flow matching, fair by construction (SPEC 9).
+"""`dmmd compare`: DMMD against DDPM and flow matching, fair by construction (docs/compare.md).
 
 - Same backbone, optimiser, batch, EMA and data scaling: every method trains from the one config
   (`method` switched; DDPM and flow matching get an output head of the data's shape).

@@ -1,6 +1,6 @@
 """2-D toy data sets, drawn from an explicit torch.Generator so they are reproducible.
 
-Eight Gaussians follows SPEC section 8: modes on a circle of radius 2, standard deviation 0.05.
+Eight Gaussians: modes on a circle of radius 2, standard deviation 0.05.
 """
 
 from __future__ import annotations

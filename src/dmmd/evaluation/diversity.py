@@ -1,7 +1,7 @@
 """Sample-diversity diagnostics: collapse, near-duplicates, copying, mode coverage.
 
 Accuracy scores (share of points near a mode, FID) do not see collapse: a sampler can put
-every particle on a mode while leaving only a handful of distinct points (SPEC section 8).
+every particle on a mode while leaving only a handful of distinct points (docs/sampling.md, "Noise in the flow").
 These functions measure diversity beside accuracy. They take torch tensors or numpy arrays
 of shape (N, D), compute in float64 with chunked ``torch.cdist`` (no full N x M matrix) and
 return python floats or dicts of them. The distance helpers here are shared with metrics.py.

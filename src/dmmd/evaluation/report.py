@@ -1,4 +1,4 @@
-"""What `dmmd sample` and the demo report beside samples: diversity next to accuracy (SPEC 8).
+"""What `dmmd sample` and the demo report beside samples: diversity next to accuracy (docs/sampling.md).
 
 - every data set: distinct share, nearest-neighbour distances among samples against held-out data
   (at equal set sizes), near-duplicate share, distance to the nearest training example;

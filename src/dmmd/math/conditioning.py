@@ -1,4 +1,4 @@
-"""The math of class conditioning (SPEC 10), as small pure functions on tensors.
+"""The math of class conditioning (docs/conditional.md), as small pure functions on tensors.
 
 Labels y in 0..C-1, and C itself as the null label (the unconditional model: one network serves
 both, trained with the null label on a share p_uncond of rows).

@@ -1,4 +1,4 @@
-"""Kernels, MMD estimators, the witness and the KALE objective, as pure functions (SPEC 3, 4, 6).
+"""Kernels, MMD estimators, the witness and the KALE objective, as pure functions (docs/method.md).
 
 All inputs are feature matrices of shape (N, D). A kernel maps (x: (N, D), y: (M, D)) to its
 Gram block K_xy: (N, M). With Gram blocks K_xx (n, n), K_yy (m, m) and K_xy (n, m):

@@ -1,4 +1,4 @@
-"""Inpainting by replacement (SPEC 10; RePaint's replacement step, Lugmayr et al. 2022, and its
+"""Inpainting by replacement (docs/inpainting.md; RePaint's replacement step, Lugmayr et al. 2022, and its
 resampling): known pixels x_known under a mask M, the rest generated.
 
 Mask convention: True (1) = unknown = generated; `top` generates the top half of the image.

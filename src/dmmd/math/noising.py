@@ -1,4 +1,4 @@
-"""Forward corruption processes (SPEC section 2), shared by training and sampling.
+"""Forward corruption processes (docs/method.md), shared by training and sampling.
 
 A process corrupts clean data x_0 to noise level t in [t_min, t_max]:
 

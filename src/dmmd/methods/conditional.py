@@ -1,4 +1,4 @@
-"""Class-conditional DMMD sampling, and the labels a conditional run trains on (SPEC 10).
+"""Class-conditional DMMD sampling, and the labels a conditional run trains on (docs/conditional.md).
 
 A conditional discriminator phi(x, t, y) (labels 0..C-1, C = the null label) samples class y by the
 linear-kernel flow whose witness is

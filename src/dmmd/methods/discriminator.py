@@ -1,8 +1,8 @@
-"""The discriminator: a feature backbone phi(x, t) joined with a base kernel K (SPEC 3).
+"""The discriminator: a feature backbone phi(x, t) joined with a base kernel K (docs/method.md).
 
 k_t(x, y) = K(phi(x, t), phi(y, t)). For the RBF kernel the width sigma(t) is learned as a
 function of t (a small MLP of sinusoidal features, started at `init_width`). For the KALE
-objective (SPEC 6) a linear head on phi gives the critic h(x, t).
+objective a linear head on phi gives the critic h(x, t).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Flow matching (rectified flow) on the DMMD backbones: the peer a user would pick today (SPEC 9).
+"""Flow matching (rectified flow) on the DMMD backbones: the peer a user would pick today (docs/compare.md).
 
 Data x1, noise x0 ~ N(0, I), t ~ U[0, 1], x_t = (1 - t) x0 + t x1; the network v(x_t, t) regresses
 the velocity x1 - x0:

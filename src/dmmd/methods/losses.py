@@ -1,4 +1,4 @@
-"""The discriminator objectives of Algorithm 1 (SPEC 4) and the KALE variant (SPEC 6).
+"""The discriminator objectives of Algorithm 1 and the KALE variant (docs/method.md).
 
 For each of N_n levels t_j (one level shared by the batch at that level):
     a = phi(x, t_j),  b = phi(y, t_j),  y = corrupt(x', t_j)      (x, x' independent batches)
@@ -7,12 +7,12 @@ For each of N_n levels t_j (one level shared by the batch at that level):
              (train.gp_fraction < 1: the mean over the first ceil(gp_fraction B) interpolates only)
              f_j the batch witness at level t_j (features of x and y not detached)
     L2_j   = mean(a^2) + mean(b^2)
-Loss = mean_j loss_j. Lazy regularisation (train.gp_every = k, StyleGAN2's lazy R1, SPEC 10): the
+Loss = mean_j loss_j. Lazy regularisation (train.gp_every = k, StyleGAN2's lazy R1; docs/gpu.md): the
 training loop passes gp_scale = k on every k-th step (the penalty weighted k lambda_gp) and
 gp_scale = 0 on the others, where the interpolates' forward and the double backward are skipped.
 Its 'reuse' form (train.gp_lazy = reuse): the penalty at weight lambda_gp on steps 1, k + 1, ...,
 its gradient kept and added again on the k - 1 steps after (dmmd_loss_parts with hold_population). KALE replaces -MMD2 by -(E_P[h] - E_{P_t}[exp h] + 1) with h = w . phi + b
-and uses a one-sided penalty relu(||grad h|| - 1)^2 (SPEC 8).
+and uses a one-sided penalty relu(||grad h|| - 1)^2.
 
 All levels' clean and corrupted inputs go through the backbone in one forward pass of 2 N_n B
 inputs, the interpolates in a second one, so that the input gradient and its double backward
@@ -90,7 +90,7 @@ def dmmd_loss_parts(disc: Discriminator, x: Tensor, x_prime: Tensor, t_levels: T
     of it is computed, though the interpolation weights are still drawn, so the generator's
     stream is the same on steps with and without the penalty.
 
-    y, y_prime: (B,) labels of x and x' for a conditional discriminator (SPEC 10): both sides are
+    y, y_prime: (B,) labels of x and x' for a conditional discriminator (docs/conditional.md): both sides are
     featurised with their row's own label, phi(x, t, y) and phi(corrupt(x', t), t, y'), a linear-
     kernel MMD on the pairs (x, y); the interpolates take the clean row's label."""
     if gp_scale < 0:

@@ -1,4 +1,4 @@
-"""Algorithm 2: the noise-adaptive MMD gradient flow, and the KALE flow (SPEC 5, 6).
+"""Algorithm 2: the noise-adaptive MMD gradient flow, and the KALE flow (docs/sampling.md).
 
 Particles z start from the process's law at t_max. For each level t of a grid from t_max to
 t_min, N_s steps of

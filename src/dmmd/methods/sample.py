@@ -229,7 +229,7 @@ def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shap
         ref = stats["data_mean"]
     else:
         ref = level_features(disc, reference, grid, reduce_mean=False)
-        if s.kernel_step_size > 0:  # pairwise repulsion needs its own step size (SPEC 8)
+        if s.kernel_step_size > 0:  # pairwise repulsion needs its own step size
             settings = replace(settings, step_size=s.kernel_step_size)
     out, _ = exact_flow(disc, z0, grid, settings, process, ref, noise, progress=progress, known=hook)
     return out

@@ -1,4 +1,4 @@
-"""A plain convolutional autoencoder for latent modelling (SPEC 10).
+"""A plain convolutional autoencoder for latent modelling (docs/latent.md).
 
 Encoder: stride-2 3x3 convolutions (channels e.g. 1 -> 32 -> 64 -> 128), each halving the size
 (rounding up: 28 -> 14 -> 7 -> 4, 8 -> 4 -> 2 -> 1, 64 -> 32 -> 16 -> 8), then a linear map to

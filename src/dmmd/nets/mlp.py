@@ -1,6 +1,6 @@
 """Feature MLP for vectors: residual blocks modulated by a time embedding (FiLM).
 
-SPEC section 8: conditioning on t only at the input got the radius of 8 Gaussians but not its
+Why FiLM: conditioning on t only at the input got the radius of 8 Gaussians but not its
 modes; FiLM in every block reached them. The net returns features (N, feature_dim).
 """
 

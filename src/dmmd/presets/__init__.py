@@ -27,8 +27,16 @@ def path(name: str) -> Path:
 
 
 def summary(name: str) -> str:
-    """The first comment line of the preset's file, without the '#'."""
+    """The first sentence of the comment block at the top of the preset's file (whole, however
+    many lines it spans)."""
+    lines = []
     for line in path(name).read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text, depth = " ".join(lines), 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[: i + 1]
+    return text

@@ -1,4 +1,4 @@
-"""Figure 2 of the paper: learned RBF widths and MMD^2(P_t, P; t), DMMD against MMD-GAN (SPEC 7).
+"""Figure 2 of the paper: learned RBF widths and MMD^2(P_t, P; t), DMMD against MMD-GAN (docs/studies.md).
 
 DMMD's width sigma(t) and MMD^2(P_t, P; t) are read against the noise level t, an MMD-GAN's single
 learned width against training iteration.
@@ -16,7 +16,7 @@ t (dmmd.methods.discriminator.LevelWidth). After training we read
 
 Two references for the width. (1) Raw inputs: phi = identity, so only sigma(t) is learned, by the same
 Algorithm 1 (train_step of the library) with lambda_gp = lambda_l2 = 0 (with phi fixed the gradient
-penalty would pick the width, not the MMD). (2) Direct optimisation (SPEC 8): per t, the width
+penalty would pick the width, not the MMD). (2) Direct optimisation: per t, the width
 maximising the unbiased MMD^2 of raw clean against raw noised points, by golden-section search
 over log-width. Both only on 2-D data.
 
@@ -168,7 +168,7 @@ def _best_log_width(d_xx: Tensor, d_yy: Tensor, d_xy: Tensor, bounds: tuple[floa
 
 def optimal_raw_width(x: Tensor, x_prime: Tensor, process: Process, ts: Tensor, seed: int = 0,
                       bounds: tuple[float, float] = (1e-3, 10.0), grid: int = 25, iters: int = 20) -> list[float]:
-    """Per t, argmax over w of unbiased MMD^2(raw x, raw x_prime noised to t) (SPEC 8's direct
+    """Per t, argmax over w of unbiased MMD^2(raw x, raw x_prime noised to t) (the direct
     optimisation; a grid alone shows the plateau as ties)."""
     gen = torch.Generator().manual_seed(seed)
     x = x.flatten(1).double()

@@ -1,4 +1,4 @@
-"""Which RBF width maximises the MMD gradient between two Gaussians (SPEC 7, "Theory").
+"""Which RBF width maximises the MMD gradient between two Gaussians (docs/optimal_width.md).
 
 Claim made checkable: for two Gaussians the width that maximises the MMD gradient grows with
 their distance, so the kernel must adapt as particles approach the data.

@@ -1,4 +1,4 @@
-"""Pictures of the DMMD flow, and whether particles follow the forward marginals (SPEC 5).
+"""Pictures of the DMMD flow, and whether particles follow the forward marginals (docs/studies.md).
 
 - flow_eight_gaussians.gif: 2-D particles flowing from noise to data, one frame per step of the
   sampler, each particle coloured by the mode nearest to its final position (grey: not within 3
