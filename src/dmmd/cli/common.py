@@ -10,14 +10,14 @@ from dmmd import config, presets
 from dmmd.methods.sample import settings_for_nfe
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser, example: str = "train.steps=500") -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", metavar="FILE", help="TOML or JSON config; defaults are used for keys it "
                         "leaves out")
     source.add_argument("--preset", metavar="NAME", help="a config shipped with dmmd, e.g. digits or "
                         "eight_gaussians (`dmmd presets` lists them; configs/ in a checkout holds the same files)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set train.steps=500 (repeatable; checked against the "
+                   help=f"override one config key, e.g. --set {example} (repeatable; checked against the "
                         "key's type; run `dmmd train --dry-run` to see every key)")
 
 

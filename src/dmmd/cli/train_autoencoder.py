@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                        description="Train a convolutional autoencoder (autoencoder.* keys) on the image data set of "
                        "the config, for latent modelling (docs/latent.md). Writes AE/config.json, AE/log.txt, "
                        "AE/metrics.jsonl, AE/checkpoints/, AE/reconstructions.png and AE/autoencoder.json.")
-    add_config_args(p)
+    add_config_args(p, example="autoencoder.steps=500")
     p.add_argument("--out", metavar="AE", help="autoencoder folder (default: the config's model.latent, else "
                    "runs/NNNNN-<data>-autoencoder)")
     p.add_argument("--resume", metavar="AE", help="continue the autoencoder in AE from its latest checkpoint")
