@@ -64,12 +64,27 @@ def eight_gaussians_scores(z: Tensor) -> dict:
     return r
 
 
+REFERENCE_TRAIN = 10000  # training rows the copy check measures against: seconds, not minutes, on 60000 images
+REFERENCE_HELDOUT = 2000  # held-out rows of the diversity references (the toys' whole held-out split)
+
+
+def reference_rows(x: Tensor, cap: int) -> Tensor:
+    """At most `cap` rows of x, a fixed random subset (seed 0), so every call compares with the same rows."""
+    if len(x) <= cap:
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:cap]]
+
+
 def sample_report(samples: Tensor, data: Dataset) -> dict:
-    """Diversity and accuracy figures of samples (model scale) against the data set."""
-    flat, train, test = samples.flatten(1).double(), data.train.flatten(1).double(), data.test.flatten(1).double()
+    """Diversity and accuracy figures of samples (model scale) against the data set; the nearest-
+    neighbour references are bounded subsets (REFERENCE_TRAIN, REFERENCE_HELDOUT rows)."""
+    flat = samples.flatten(1).double()
+    train = reference_rows(data.train.flatten(1), REFERENCE_TRAIN).double()
+    test = reference_rows(data.test.flatten(1), REFERENCE_HELDOUT).double()
     if not torch.isfinite(flat).all():
         return {"error": "non-finite samples"}
     report = diversity_report(flat, train, test)
+    report["n_train_reference"] = float(len(train))
     m = min(len(flat), len(test))
     report["median_nn_samples_equal_size"] = median_nn_distance(flat[:m])
     report["median_nn_heldout_equal_size"] = median_nn_distance(test[:m])
