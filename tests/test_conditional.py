@@ -1,4 +1,4 @@
-"""Class-conditional training and sampling (SPEC 10, issue 14): the math against float64 loops,
+"""Class-conditional training and sampling (docs/conditional.md, issue 14): the math against float64 loops,
 label embeddings, unconditional bit-identity, label dropout, CLI errors, determinism, tiny runs."""
 
 import json

@@ -1,4 +1,4 @@
-"""DDPM / DDIM with the predicted clean sample clipped (SPEC 9: diffusers' clip_sample=True).
+"""DDPM / DDIM with the predicted clean sample clipped (Ho et al.'s code; diffusers' clip_sample=True).
 
 With clip = c, x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) is clamped to [-c, c] before the
 ancestral posterior mean / the DDIM update; DDIM keeps the network's eps in its direction term

@@ -1,6 +1,6 @@
-"""Independent float64 reference tests for dmmd.math.divergences (SPEC sections 3, 4, 6).
+"""Independent float64 reference tests for dmmd.math.divergences (docs/method.md).
 
-Every reference below is written from the SPEC with explicit Python loops over samples
+Every reference below is written from the formulas alone with explicit Python loops over samples
 and plain ``math`` arithmetic, so that it shares no code (and no vectorisation trick)
 with the implementation under test.
 """
@@ -123,7 +123,7 @@ def test_squared_distances_loop(n, m, d, seed):
 
 def test_squared_distances_clamped_nonnegative_under_cancellation():
     # Large common offset: ||x||^2 + ||y||^2 - 2<x,y> cancels catastrophically; the true
-    # value is >= 0 and the output must be too (SPEC of the helper: clamped >= 0).
+    # value is >= 0 and the output must be too (the helper's contract: clamped >= 0).
     x = rand(9, 4, seed=3, scale=1e-6, shift=1e5)
     y = torch.cat([x, x + 1e-7])  # exact duplicates and near-duplicates
     d = squared_distances(x, y)
@@ -175,7 +175,7 @@ def test_rq_kernel_loop_default_alphas(n, m, d, seed, dot_weight):
 
 
 def test_rq_kernel_default_alphas_are_the_spec_mixture():
-    # Same call with and without the SPEC's alphas spelled out; and an explicit value:
+    # Same call with and without the MMD-GAN alphas spelled out; and an explicit value:
     # at distance 0 each RQ term is 1, so k(x, x) = number of alphas + dot_weight ||x||^2.
     x, y = rand(5, 3, seed=1), rand(4, 3, seed=2)
     close(rq_kernel(x, y), rq_kernel(x, y, alphas=(0.2, 0.5, 1.0, 2.0, 5.0)))
@@ -329,7 +329,7 @@ def test_gradcheck_kale_objective():
 
 
 def test_witness_grad_wrt_z_linear_is_mean_difference():
-    # grad_z f(z) = mean(x) - mean(y) for every particle with the linear kernel (SPEC 5).
+    # grad_z f(z) = mean(x) - mean(y) for every particle with the linear kernel.
     z = _req(rand(5, 3, seed=69))
     x, y = rand(7, 3, seed=70), rand(4, 3, seed=71, shift=2.0)
     witness(linear_kernel, z, x, y).sum().backward()
@@ -415,7 +415,7 @@ def test_mmd2_linear_unbiased_matches_gram_form_and_loop(n, m, d, seed, shift):
     gram = mmd2_unbiased(linear_kernel(a, a), linear_kernel(b, b), linear_kernel(a, b))
     close(fast, gram)
     close(fast, t(ref_mmd2(ref_dot, a, b, unbiased=True)))
-    # SPEC 4 formula, from sums written out by hand.
+    # The O(B D) linear-kernel formula of dmmd.math.divergences, from sums written out by hand.
     A = [sum(float(a[i, c]) for i in range(n)) for c in range(d)]
     B = [sum(float(b[j, c]) for j in range(m)) for c in range(d)]
     Sa = sum(float(a[i, c]) ** 2 for i in range(n) for c in range(d))

@@ -16,6 +16,10 @@ from dmmd.methods.sample import sample
 from dmmd.evaluation.report import eight_gaussians_scores
 from dmmd.training.loop import train
 
+# the KALE check's network: smaller and shorter than the preset's (see that test's docstring)
+KALE_SMALL = ["model.width=64", "train.batch_size=128", "train.steps=800", "train.lr=1e-3"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     old = torch.get_num_threads()
@@ -51,22 +55,29 @@ def test_collapse_is_flagged_without_noise(trained):
     cfg.sample.sampler, cfg.sample.reading = "approx", "data_noised"
     cfg.sample.inject = cfg.sample.renoise = 0.0
     z = sample(state.ema.module, cfg, state.stats, build_process(cfg.process), (2,), 1000, seed=0)
-    assert eight_gaussians_scores(z)["distinct"] < 0.1  # measured 0.008 (SPEC 8: about 0.01)
+    assert eight_gaussians_scores(z)["distinct"] < 0.1  # measured 0.008 (an earlier probe: about 0.01)
 
 
 @pytest.mark.slow
 def test_kale_with_its_own_defaults_spreads_over_every_mode(tmp_path):
-    """The KALE flow with its defaults (eta 0.02, injection and re-noise 0.3 sigma_t; SPEC 8),
+    """The KALE flow with its defaults (eta 0.02, injection and re-noise 0.3 sigma_t),
     switched on from the MMD preset as the README does: every mode 8-17%, >= 90% distinct points and
     the data's within-mode spread. NOT the full criteria: 'near' (share within 3 std of a centre)
     measured 0.78 against the 0.9 asked; a sweep of eta 0.01-0.05, injection 0-0.3 and re-noise
     0.05-0.3 on this network found no setting passing all (less noise: copies; more: blur).
-    docs/sampling.md has the table."""
+    docs/sampling.md has the table.
+
+    The network is trained smaller than the preset's (width 64, batch 128, 800 steps at lr 1e-3:
+    about 16 s against 110 s on one thread; the sampler settings are the preset's KALE defaults
+    untouched). Measured there: near 0.75, modes 10.7-13.7%, 99% distinct, std ratio 0.90 (the
+    preset's own network: near 0.78). The MMD tests above keep the preset as shipped: smaller
+    networks do not reach its modes (near 0.17 at the same sizes)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = config.load("configs/eight_gaussians.toml", ["model.objective=kale"])
+        cfg = config.load("configs/eight_gaussians.toml", ["model.objective=kale", *KALE_SMALL])
         assert (cfg.sample.sampler, cfg.sample.step_size) == ("kale", 0.02)
+        assert (cfg.sample.inject, cfg.sample.renoise) == (0.3, 0.3)
         data = load_dataset(cfg.data, cfg.seed)
         state = train(cfg, data.train, tmp_path / "kale", progress=False)
     finally:

@@ -1,4 +1,4 @@
-"""Flow matching (rectified flow, SPEC 9) against float64 references written from the spec alone.
+"""Flow matching (rectified flow; docs/compare.md) against float64 references written from its definition alone.
 
 Spec: data x1, noise x0 ~ N(0, I), t ~ U[0, 1], x_t = (1 - t) x0 + t x1, loss = mean over batch and
 coordinates of (v(x_t, t) - (x1 - x0))^2, with the draws t = rand(N, float64) then x0 = randn(x1's

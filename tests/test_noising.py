@@ -1,4 +1,4 @@
-"""Independent float64 reference tests for dmmd.math.noising (SPEC section 2).
+"""Independent float64 reference tests for dmmd.math.noising.
 
 References: the VP linear schedule against a numerical integral of beta (scipy quad) and its
 closed form, the cosine schedule against Nichol & Dhariwal's sqrt(alpha_bar), corruption
@@ -437,7 +437,7 @@ def test_time_grid_log_sigma_is_equally_spaced_in_log_sigma(schedule):
     logs = torch.tensor([math.log(ref_sigma(ref(float(x)))) for x in g], dtype=DT)
     d = logs[1:] - logs[:-1]
     assert (d < 0).all()
-    # The kind's exact construction is not in the SPEC; the implementation measurably inverts
+    # The kind's exact construction is left open; the implementation measurably inverts
     # sigma(t) only approximately (steps in log sigma vary by up to ~3 % on the defaults), so
     # this checks equal log-sigma steps to 5 %. A grid uniform in t or in log t misses that by
     # far more (factor > 3 between steps).

@@ -22,13 +22,18 @@ def test_configs_is_the_package_presets_folder():
     assert {"digits", "eight_gaussians", "mnist", "cifar10"} <= set(presets.names())
 
 
-def test_presets_lists_each_with_its_first_comment_line(capsys):
+def test_presets_lists_each_with_the_first_sentence_of_its_comment(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == presets.names()
     for line, name in zip(lines, presets.names()):
-        first = next(t for t in (ROOT / "configs" / f"{name}.toml").read_text().splitlines() if t.startswith("#"))
-        assert line.endswith(first.lstrip("# ").strip())
+        head = []
+        for text in (ROOT / "configs" / f"{name}.toml").read_text().splitlines():
+            if not text.startswith("#"):
+                break
+            head.append(text.lstrip("# ").strip())
+        shown = line[len(name):].strip()
+        assert " ".join(head).startswith(shown) and shown.endswith("."), (name, shown)
 
 
 def test_preset_loads_the_same_config_as_the_file(capsys):

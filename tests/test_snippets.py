@@ -3,7 +3,7 @@
 A document's snippets run in order in one fresh folder (later ones use the runs of earlier ones):
 ```python blocks as a script in a new interpreter, and the `dmmd ...` lines of other blocks
 through the CLI with small sizes (`train.steps` numbers are lowered to SMALL_STEPS, and a few
-options get small values). Lines that need what a test machine does not have are skipped with the
+options get small values; a new run's MLP is narrow). Lines that need what a test machine does not have are skipped with the
 reason in SKIP; blocks without a command line (formulas) are not commands.
 """
 
@@ -39,6 +39,11 @@ SMALL = {
     "train-autoencoder": ["--set", f"autoencoder.steps={SMALL_STEPS}"],
 }
 SMALL_SAMPLE_SETTINGS = ["--set", "sample.replay_particles=50"]  # train and calibrate: a small replay
+# a new training run (not a resume: its network is the checkpoint's): a narrow MLP (unet presets
+# ignore it), so that calibration over a full image data set (60000 Fashion-MNIST latents) is cheap
+SMALL_MODEL = ["--set", "model.width=32"]
+# the same small sizes for the Python snippets' dmmd.train(..., overrides={...}) of a new run
+SMALL_OVERRIDES = {"model.width": 32, "data.num_points": 2000, "sample.replay_particles": 50}
 
 
 def small_steps(text: str) -> str:
@@ -47,6 +52,15 @@ def small_steps(text: str) -> str:
         return m.group(1) + str(min(int(m.group(2)), SMALL_STEPS))
 
     return re.sub(r"(train\.steps[\"']?\s*[=:]\s*)(\d+)", lower, text)
+
+
+def small_python(text: str) -> str:
+    """small_steps, and SMALL_OVERRIDES first in each `overrides={` of a line without resume=True
+    (the snippet's own keys come after them and win)."""
+    extra = "".join(f"{k!r}: {v!r}, " for k, v in SMALL_OVERRIDES.items())
+    lines = [line if "resume=True" in line else line.replace("overrides={", "overrides={" + extra)
+             for line in small_steps(text).splitlines()]
+    return "\n".join(lines)
 
 
 def blocks(path: Path) -> list[tuple[int, str, str]]:
@@ -85,6 +99,9 @@ def test_snippet_parsing():
     assert command_lines(text) == ["dmmd train --set train.steps=3000 --out r", "make test"]
     assert small_steps('x = {"train.steps": 500}; --set train.steps=3000; steps = 7; train.steps=5') == \
         'x = {"train.steps": 20}; --set train.steps=20; steps = 7; train.steps=5'
+    assert small_python('p = dmmd.train("g", "r", overrides={"train.steps": 500})\nq = f(overrides={}, resume=True)') \
+        == 'p = dmmd.train("g", "r", overrides={' + "".join(f"{k!r}: {v!r}, " for k, v in SMALL_OVERRIDES.items()) + \
+        '"train.steps": 20})\nq = f(overrides={}, resume=True)'
     assert skip_reason("make demo") and skip_reason("dmmd evaluate --samples RUN/x.npz") and \
         not skip_reason("dmmd train --preset digits")
 
@@ -95,7 +112,7 @@ def _run_dmmd(line: str) -> None:
     if command == "train" and "--dry-run" not in argv:  # presets train for thousands of steps
         argv += ["--set", f"train.steps={2 * SMALL_STEPS if '--resume' in argv else SMALL_STEPS}"]
         if "--resume" not in argv:
-            argv += ["--set", "data.num_points=2000"]  # toys: 2000 training points (others ignore it)
+            argv += ["--set", "data.num_points=2000", *SMALL_MODEL]  # toys: 2000 training points (others ignore it)
     if command in ("train", "calibrate") and "--dry-run" not in argv:
         argv += SMALL_SAMPLE_SETTINGS
     argv += SMALL.get(command, [])
@@ -116,7 +133,7 @@ def test_snippets_of_a_document_run(doc, tmp_path, monkeypatch):
         where = f"{doc.name}:{line_no}"
         if language == "python":
             script = tmp_path / f"snippet_{line_no}.py"
-            script.write_text(small_steps(text))
+            script.write_text(small_python(text))
             done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                                   timeout=600)
             assert done.returncode == 0, f"{where} failed as written:\n{done.stderr[-3000:]}"

@@ -71,13 +71,12 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     dmmd = str(venv / "bin" / "dmmd")
     python = str(venv / "bin" / "python")
 
-    where = _run([python, "-c", "import dmmd; print(dmmd.__file__)"], elsewhere, env).strip()
-    assert Path(where).is_relative_to(venv), where  # the installed wheel, not the checkout
     assert _run([dmmd, "--version"], elsewhere, env).strip() == "dmmd 0.1.0"
     listing = _run([dmmd, "presets"], elsewhere, env)
     assert {line.split()[0] for line in listing.splitlines()} >= {"digits", "eight_gaussians", "mnist"}
 
-    small = ["--set", "train.steps=10", "--set", "train.checkpoint_every=5", "--set", "sample.replay_particles=50"]
+    small = ["--set", "train.steps=10", "--set", "train.checkpoint_every=5", "--set", "sample.replay_particles=50",
+             "--set", "model.width=32"]
     _run([dmmd, "train", "--preset", "digits", *small, "--out", "run"], elsewhere, env)
     _run([dmmd, "sample", "--checkpoint", "run", "--num-samples", "30", "--out", "samples", "--png-dir", "png"],
          elsewhere, env)
@@ -87,6 +86,8 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     assert report["num_samples"] == 30 and report["fd"] > 0
     _run([dmmd, "study", "flows", "--quick", "--out", "study"], elsewhere, env)
     assert (elsewhere / "study" / "flows.md").is_file()
-    shape = _run([python, "-c", "import dmmd; p = dmmd.Pipeline.from_run('run'); print(tuple(p.sample(4).shape))"],
-                 elsewhere, env)
+    # one interpreter for the Python API: which dmmd it imports, and a Pipeline from the run
+    where, shape = _run([python, "-c", "import dmmd; print(dmmd.__file__); p = dmmd.Pipeline.from_run('run'); "
+                                       "print(tuple(p.sample(4).shape))"], elsewhere, env).strip().splitlines()
+    assert Path(where).is_relative_to(venv), where  # the installed wheel, not the checkout
     assert shape.strip() == "(4, 1, 8, 8)"
