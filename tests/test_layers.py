@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ("dmmd.openmp", "dmmd.version", "dmmd.config", "dmmd.presets"),  # settings: nothing else from dmmd
+    ("dmmd.openmp", "dmmd.version", "dmmd.schema", "dmmd.config", "dmmd.presets"),  # settings: nothing else from dmmd
     ("dmmd.math",),  # pure tensor math
     ("dmmd.nets",),  # backbones phi(x, t)
     ("dmmd.runtime",),  # run folders, checkpoints, devices, memory, distributed

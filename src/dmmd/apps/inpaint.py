@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmmd.config import Config, ConfigError, check_flag
+from dmmd.config import Config, ConfigError, DataConfig, check_flag
 from dmmd.data.arrays import check_array_file
-from dmmd.data.datasets import from_data_space, load_dataset, to_data_space
+from dmmd.data.datasets import load_dataset
 from dmmd.data.files import DataError
+from dmmd.data.scaling import from_data_space, parse_range, to_data_space
 from dmmd.evaluation.digits_net import load_classifier as digits_classifier
 from dmmd.evaluation.fashion_net import load_classifier as fashion_classifier
 from dmmd.evaluation.plotting import save_image_grid
@@ -44,8 +45,12 @@ GRID_COLUMNS = 16  # images shown in inpaint.png
 DMMD_SAMPLER = "exact"
 
 
-def data_range(name: str) -> tuple[float, float] | None:
-    """The range of the data space's values (None: unbounded, user arrays and toys)."""
+def data_range(data: DataConfig | str) -> tuple[float, float] | None:
+    """The range of the data space's values (None: unbounded, toys and user arrays kept as they are;
+    a user's array file scaled from [LO, HI] is bounded by them)."""
+    name = data if isinstance(data, str) else data.name
+    if name == "file" and not isinstance(data, str):
+        return parse_range(data.scale)
     if name == "digits":
         return 0.0, 16.0
     return (0.0, 255.0) if name in IMAGE_SETS else None
@@ -79,7 +84,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"--images {path}: not a readable .npz file ({' '.join(str(err).split())[:100]})") from None
 
 
-def read_images(path: str | Path, data_name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+def read_images(path: str | Path, data_name: DataConfig | str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
     """(x as stored, labels or None), checked: numeric, finite, of shape (n, *shape) or
     (n, prod(shape)), within the data set's range; labels 1-D non-negative integers, one per image."""
     path = Path(path)
@@ -97,7 +102,7 @@ def read_images(path: str | Path, data_name: str, shape: tuple[int, ...]) -> tup
     bounds = data_range(data_name)
     if bounds is not None and (x.min() < bounds[0] or x.max() > bounds[1]):
         raise DataError(f"--images {path}: values must lie in [{bounds[0]:g}, {bounds[1]:g}] (the data space of "
-                        f"{data_name!r}), found [{float(x.min()):g}, {float(x.max()):g}]")
+                        f"{getattr(data_name, 'name', data_name)!r}), found [{float(x.min()):g}, {float(x.max()):g}]")
     if y is not None:
         if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
             raise DataError(f"--images {path}: labels 'y' must be {len(x)} non-negative integers (one per image), "
@@ -105,12 +110,12 @@ def read_images(path: str | Path, data_name: str, shape: tuple[int, ...]) -> tup
     return x, y
 
 
-def to_model(x: np.ndarray, data_name: str, shape: tuple[int, ...]) -> Tensor:
+def to_model(x: np.ndarray, data_name: DataConfig | str, shape: tuple[int, ...]) -> Tensor:
     """Images as stored -> (n, *shape) float32 in the model's scale."""
     return from_data_space(data_name, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).reshape(-1, *shape)
 
 
-def merge(x: np.ndarray, generated: Tensor, mask: np.ndarray, data_name: str) -> np.ndarray:
+def merge(x: np.ndarray, generated: Tensor, mask: np.ndarray, data_name: DataConfig | str) -> np.ndarray:
     """np.where(mask, generated, x) in data space and x's layout: generated (n, *shape) in model
     scale, clipped to the data range; known values are x's own (dtype wide enough for both)."""
     gen = to_data_space(data_name, generated.detach().cpu().double()).numpy()
@@ -158,7 +163,7 @@ def complete(disc, cfg: Config, stats: dict, process, x: Tensor, mask: np.ndarra
 
 
 # ------------------------------------------------------------------------------------ metrics
-def _classifier(data_name: str, shape: tuple[int, ...]):
+def _classifier(data_name: DataConfig | str, shape: tuple[int, ...]):
     """The shipped independent classifier for this data set, or None."""
     if data_name == "digits" and math.prod(shape) == 64:
         return digits_classifier()
@@ -180,7 +185,7 @@ def _bit_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def inpaint_metrics(x: np.ndarray, completed: np.ndarray, mask: np.ndarray, labels: np.ndarray | None,
-                    data_name: str, shape: tuple[int, ...]) -> dict:
+                    data_name: DataConfig | str, shape: tuple[int, ...]) -> dict:
     """Known values unchanged (a count), MSE of the unknown values (model scale [-1, 1] for image
     data, and data space), and the independent classifier's labels for completions, originals and
     the masked inputs (unknown pixels at the data's lowest value) when one exists for the data."""
@@ -193,7 +198,7 @@ def inpaint_metrics(x: np.ndarray, completed: np.ndarray, mask: np.ndarray, labe
               "known_bit_equal": _bit_equal(completed[~flat_mask], x[~flat_mask]),
               "mse_unknown_model_scale": float((c_model - x_model)[unknown].double().square().mean()),
               "mse_unknown_data_space": float(((completed - x.astype(np.float64))[flat_mask] ** 2).mean())}
-    net = _classifier(data_name, shape)
+    net = _classifier(data_name if isinstance(data_name, str) else data_name.name, shape)
     if net is None:
         return report
     masked = torch.where(unknown, torch.full_like(x_model, -1.0), x_model)
@@ -207,7 +212,7 @@ def inpaint_metrics(x: np.ndarray, completed: np.ndarray, mask: np.ndarray, labe
     return report
 
 
-def save_picture(path: Path, x: np.ndarray, completed: np.ndarray, mask: np.ndarray, data_name: str,
+def save_picture(path: Path, x: np.ndarray, completed: np.ndarray, mask: np.ndarray, data_name: DataConfig | str,
                  shape: tuple[int, ...], title: str) -> None:
     """Rows of originals, masked inputs (unknown pixels grey) and completions, GRID_COLUMNS wide."""
 
@@ -268,7 +273,7 @@ def run(checkpoint: str, images: str, mask_spec: str, out: str, seed: int = 0, c
         mask = load_mask(mask_spec, shape)
     except MaskError as err:
         raise ConfigError(str(err)) from None
-    x, labels = read_images(images, cfg.data.name, shape)
+    x, labels = read_images(images, cfg.data, shape)
     exact = cfg.method == "dmmd" and cfg.sample.sampler == "exact"
     if exact and len(x) < 2:
         raise ConfigError("the exact sampler moves a population: --images must hold at least 2 images")
@@ -281,15 +286,15 @@ def run(checkpoint: str, images: str, mask_spec: str, out: str, seed: int = 0, c
     started = time.time()
     cost = evaluations(cfg, repeats)
     with tqdm(total=cost * -(-len(x) // batch), desc="inpaint", disable=not progress, dynamic_ncols=True) as bar:
-        generated = complete(disc, cfg, stats, process, to_model(x, cfg.data.name, shape), mask, seed, batch,
+        generated = complete(disc, cfg, stats, process, to_model(x, cfg.data, shape), mask, seed, batch,
                              reference, device, bar, repeats=repeats)
-    completed = merge(x, generated, mask, cfg.data.name)
+    completed = merge(x, generated, mask, cfg.data)
     report = {"method": cfg.method, "sampler": cfg.sample.sampler, "nfe": cost, "resample": repeats, "seed": seed,
               "mask": mask_spec, "seconds": round(time.time() - started, 3),
-              **inpaint_metrics(x, completed, mask, labels, cfg.data.name, shape)}
+              **inpaint_metrics(x, completed, mask, labels, cfg.data, shape)}
     atomic_write_bytes(staging / "completions.npz", lambda fh: np.savez(fh, x=completed, mask=mask))
     if len(shape) == 3:
-        save_picture(staging / "inpaint.png", x, completed, mask, cfg.data.name, shape,
+        save_picture(staging / "inpaint.png", x, completed, mask, cfg.data, shape,
                      f"{cfg.method} {cfg.sample.sampler}, NFE {cost}, mask {Path(mask_spec).name}: "
                      "originals / masked / completed")
     atomic_write_text(staging / "metrics.json", json.dumps(report, indent=2) + "\n")

@@ -25,7 +25,8 @@ from torch import Tensor
 from dmmd import config as config_mod
 from dmmd import presets
 from dmmd.config import Config, ConfigError, SampleConfig
-from dmmd.data.datasets import from_data_space, load_dataset, to_data_space
+from dmmd.data.datasets import load_dataset
+from dmmd.data.scaling import from_data_space, to_data_space
 from dmmd.evaluation.plotting import save_png_folder, save_samples_picture
 from dmmd.evaluation.report import METRICS, evaluate_samples
 from dmmd.methods.build import build_process, flow_settings, load_model
@@ -112,16 +113,16 @@ class Trainer:
 
     def run(self) -> "Pipeline":
         """Train to cfg.train.steps and return the final checkpoint as a Pipeline."""
-
-
         data = pixels = load_dataset(self.cfg.data, self.cfg.seed)
         if self.cfg.model.latent:  # the autoencoder's latents, encoded once (docs/latent.md), as `dmmd train`
             data = latent_data(self.cfg, pixels, progress=self.progress is not False)
         labels, val_labels = training_labels(self.cfg, data)  # model.conditional: also sets model.num_classes
         echo = None if self.progress is False else (lambda text: print(text, file=sys.stderr, flush=True))
+        if pixels.note and echo:  # an array file: how its values were mapped to the model's range
+            echo(pixels.note)
         loop.train(self.cfg, data.train, self.out, resume=self.resume and (self.out / "config.json").is_file(),
-              progress=self.progress is not False, echo=echo, stream=data.stream, val_data=data.test,
-              labels=labels, val_labels=val_labels)
+                   progress=self.progress is not False, echo=echo, stream=data.stream, val_data=data.test,
+                   labels=labels, val_labels=val_labels)
         pipe = Pipeline.from_run(self.out, device=self.cfg.train.device)
         pipe._data = pixels
         if data is not pixels:
@@ -218,7 +219,7 @@ class Pipeline:
         z = self._draw(cfg, n, seed, progress, batch_size, labels)
         if self.autoencoder is not None:  # a latent model: images from its decoder
             z = decode(z, self.autoencoder)
-        return to_data_space(cfg.data.name, z)
+        return to_data_space(cfg.data, z)
 
     def sample_labels(self, n: int, class_: int | str | None) -> Tensor | None:
         """The labels `sample(n, class_=...)` draws: (n,) int64, or None (unconditional)."""
@@ -261,7 +262,7 @@ class Pipeline:
         if tuple(samples.shape[1:]) != self.data_shape:
             raise ConfigError(f"samples have shape {tuple(samples.shape[1:])} per item; this model's data has "
                               f"{self.data_shape}")
-        return from_data_space(self.cfg.data.name, samples)
+        return from_data_space(self.cfg.data, samples)
 
     def save_images(self, samples: Tensor, folder: str | Path) -> list[Path]:
         """One PNG per sample (000000.png, ...), 8-bit grey or RGB, for FID tools (clean-fid,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from dmmd import config
-from dmmd.data.datasets import DataError, from_data_space, load_dataset, read_array, read_labels
+from dmmd.data.datasets import DataError, load_dataset, read_array, read_labels
+from dmmd.data.scaling import from_data_space
 from dmmd.evaluation.classwise import per_class_report
 from dmmd.evaluation.inception import (
     inception_fid,
@@ -57,7 +58,7 @@ def run(args) -> int:
         check_output_file(args.out)  # before any compute
     cfg = load_model(args.checkpoint)[0] if args.checkpoint else config.load(args.config, args.overrides)
     data = load_dataset(cfg.data, cfg.seed)
-    samples = from_data_space(cfg.data.name, read_array(args.samples, "samples", "samples file"))
+    samples = from_data_space(cfg.data, read_array(args.samples, "samples", "samples file"))
     if tuple(samples.shape[1:]) != data.shape:
         raise DataError(f"{args.samples}: samples have shape {tuple(samples.shape[1:])} per item, the data set "
                         f"{cfg.data.name!r} has {data.shape}")

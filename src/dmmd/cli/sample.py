@@ -10,7 +10,8 @@ from pathlib import Path
 from dmmd.apps.pipeline import sample_folder_name
 from dmmd.cli.common import bar_off, sample_config
 from dmmd.config import ConfigError, check_flag
-from dmmd.data.datasets import DataError, load_dataset, to_data_space
+from dmmd.data.datasets import DataError, load_dataset
+from dmmd.data.scaling import to_data_space
 from dmmd.evaluation.plotting import save_png_folder, save_samples_picture
 from dmmd.evaluation.report import sample_report
 from dmmd.methods.build import build_process, flow_settings, load_model
@@ -140,7 +141,7 @@ def run(args) -> int:
     elapsed = time.time() - started
     if not torch.isfinite(z).all():
         print("warning: some samples are not finite; lower sample.step_size", file=sys.stderr)
-    samples = to_data_space(cfg.data.name, z).numpy()
+    samples = to_data_space(cfg.data, z).numpy()
 
     def write_npz(fh):
         np.savez(fh, samples=samples, **({} if labels is None else {"y": labels.numpy()}))

@@ -72,9 +72,10 @@ def run(args) -> int:
             raise config.ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
         remove_stale_temps(run_dir)  # left by a process that was killed during a write
     data = load_dataset(cfg.data, cfg.seed)
+    if data.note and main_rank:  # an array file: how its values were mapped to the model's range
+        print(data.note)
     if cfg.model.latent:  # train in the autoencoder's latents, encoded once (docs/latent.md)
         data = latent_data(cfg, data, progress=not args.no_progress)
-
     labels, val_labels = training_labels(cfg, data)  # model.conditional: also sets model.num_classes
     check_training(cfg, data.shape, resolve_device(cfg.train.device))
     if main_rank:

@@ -48,6 +48,8 @@ def run(args) -> int:
         raise config.ConfigError(f"{out} already holds an autoencoder: pass --resume {out} or choose another --out")
     remove_stale_temps(out)
     data = load_dataset(cfg.data, cfg.seed)
+    if data.note:  # an array file: how its values were mapped to the model's range
+        print(data.note)
     print(f"autoencoder folder: {out}")
     train_autoencoder(cfg, data, out, resume=bool(args.resume), progress=not args.no_progress, echo=print)
     return 0

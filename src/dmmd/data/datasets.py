@@ -1,7 +1,7 @@
 """Data sets as tensors scaled for the model, with a fixed train/test split.
 
 Users' own vectors or images come from a .npy/.npz file (data.name = "file", data.root = path;
-array "x" in an .npz), used as they are. The embedded default is scikit-learn's handwritten digits (1797 images of 8x8, pixel values
+array "x" in an .npz), mapped to model scale by data.scale (dmmd.data.scaling). The embedded default is scikit-learn's handwritten digits (1797 images of 8x8, pixel values
 0..16, shipped inside the scikit-learn wheel: no download). Pixels are scaled to [-1, 1] here,
 in the data layer; the split is a fixed permutation (seed 0): 1500 train, 297 test.
 MNIST and Fashion-MNIST use their own 60000/10000 train/test files (pixels 0..255 -> [-1, 1], with
@@ -11,6 +11,7 @@ Debian's package dataset-fashion-mnist installs it.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,10 @@ from dmmd.data.files import (
     load_mnist_labels,
     load_mnist_with_labels,
 )
+from dmmd.data.scaling import choose_scale, parse_range
 from dmmd.data.toys import TOYS
 
-__all__ = ["DataError", "Dataset", "from_data_space", "load_dataset", "load_digits", "load_toy", "read_array",
-           "to_data_space"]
+__all__ = ["DataError", "Dataset", "load_dataset", "load_digits", "load_toy", "read_array"]
 
 DIGITS_TRAIN = 1500
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian: apt-get install dataset-fashion-mnist
@@ -49,39 +50,26 @@ class Dataset:
     labels_train: Tensor | None = None
     labels_test: Tensor | None = None
     stream: object | None = None  # folder data: the full training set, read from disk per batch
+    note: str = ""  # array files: what data.scale detected and did, one line for the user
+    scale: str = "none"  # array files: the data.scale the data was mapped with ("none" or "LO,HI")
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
 
-def to_data_space(name: str, x: Tensor) -> Tensor:
-    """Undo the data layer's scaling: digits back to 0..16, image files (mnist, fashion_mnist,
-    cifar10, folders) to 0..255, toys and array files as they are."""
-    if name == "digits":
-        return (x + 1.0) * 8.0
-    if name in TOYS or name == "file":
-        return x
-    return (x + 1.0) * 127.5
-
-
-def from_data_space(name: str, x: Tensor) -> Tensor:
-    """The data layer's scaling (inverse of to_data_space)."""
-    if name == "digits":
-        return x / 8.0 - 1.0
-    if name in TOYS or name == "file":
-        return x
-    return x / 127.5 - 1.0
-
-
 def read_array(path: str | Path, key: str | None = None, what: str = "array file") -> Tensor:
     """A float32 tensor from .npy or .npz (array `key`, or the only array), without pickles."""
+    array = read_numeric(path, key, what)
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return check_finite(x, f"{path}")
+
+
+def read_numeric(path: str | Path, key: str | None = None, what: str = "array file") -> np.ndarray:
+    """The numeric array (N, D) or (N, C, H, W) of a .npy or .npz file, in its own dtype, without pickles."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} does not exist")
-    import zipfile
-
-
     check_array_file(path, key)  # headers claiming more than the file or memory holds; complex dtypes
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -105,13 +93,21 @@ def read_array(path: str | Path, key: str | None = None, what: str = "array file
     if array.ndim not in (2, 4):
         raise DataError(f"{path}: expected shape (N, D) or (N, C, H, W), found {array.shape}")
     check_float32_range(array, str(path))
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return check_finite(x, f"{path}")
+    return array
 
 
-def load_array_dataset(path: str | Path) -> Dataset:
-    """A user's own vectors or images from .npy/.npz (used as they are), split 90/10 with seed 0."""
-    x = read_array(path, "x" if str(path).endswith(".npz") else None, "data file")
+def load_array_dataset(path: str | Path, scale: str = "none") -> Dataset:
+    """A user's own vectors or images from .npy/.npz, mapped to model scale by `scale` ("auto":
+    chosen from the values, see dmmd.data.scaling; the Dataset's note says what was done and its
+    `scale` what to record), split 90/10 with seed 0."""
+    array = read_numeric(path, "x" if str(path).endswith(".npz") else None, "data file")
+    x = check_finite(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), f"{path}")
+    note = ""
+    if scale == "auto":
+        scale, note = choose_scale(array)
+    rng = parse_range(scale)
+    if rng is not None:
+        x = (x - rng[0]) * (2.0 / (rng[1] - rng[0])) - 1.0
     if len(x) < 4:
         raise DataError(f"{path}: expected at least 4 rows, found {len(x)}")
     perm = torch.from_numpy(np.random.RandomState(0).permutation(len(x)))
@@ -120,7 +116,7 @@ def load_array_dataset(path: str | Path) -> Dataset:
     y = read_labels(path, len(x))  # an integer array "y" beside "x" (class-conditional models)
     y = y[perm] if y is not None else None
     return Dataset(x[n_test:], x[:n_test], "points" if x.ndim == 2 else "image", "file",
-                   None if y is None else y[n_test:], None if y is None else y[:n_test])
+                   None if y is None else y[n_test:], None if y is None else y[:n_test], note=note, scale=scale)
 
 
 def read_labels(path: str | Path, num_rows: int) -> Tensor | None:
@@ -171,7 +167,9 @@ def load_toy(name: str, num_points: int, seed: int = 0) -> Dataset:
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
-    """The data set a config names, scaled and split, on the CPU."""
+    """The data set a config names, scaled and split, on the CPU. For an array file, data.scale =
+    "auto" is resolved here, in cfg, to the map it chose (the run's config records it, and samples
+    are mapped back with it)."""
     if cfg.name == "digits":
         data = load_digits()
     elif cfg.name in TOYS:
@@ -223,7 +221,9 @@ def _load_files(cfg: DataConfig) -> Dataset:
         raise DataError(f"data set {cfg.name!r} is read from local files: set data.root to their folder "
                         "(for data.name = 'file': the .npy/.npz file)")
     if cfg.name == "file":
-        return load_array_dataset(cfg.root)
+        data = load_array_dataset(cfg.root, cfg.scale)
+        cfg.scale = data.scale
+        return data
     if cfg.name == "folder":
         return load_folder_dataset(cfg)
     if cfg.name == "mnist":
