@@ -13,7 +13,7 @@ from dmmd.config import ConfigError, check_flag
 from dmmd.data.datasets import DataError, load_dataset
 from dmmd.data.scaling import to_data_space
 from dmmd.evaluation.plotting import save_png_folder, save_samples_picture
-from dmmd.evaluation.report import sample_report
+from dmmd.evaluation.report import REFERENCE_HELDOUT, REFERENCE_TRAIN, collapse_warning, sample_report
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.conditional import model_classes, sample_labels
 from dmmd.methods.latent import decode, encode_dataset, for_config
@@ -60,7 +60,12 @@ def add_parser(sub) -> None:
                    "--num-samples); labels are saved as array 'y' in samples.npz. Default: unconditional")
     p.add_argument("--guidance", type=float, metavar="W", help="guidance weight of a conditional model (sets "
                    "sample.guidance; DMMD: mu(t,y) + W (mu(t,y) - mu(t,null)); flow matching and DDPM: "
-                   "classifier-free guidance (1 + W) cond - W uncond; docs/conditional.md)")
+                   "classifier-free guidance (1 + W) cond - W uncond; docs/conditional.md). Measured on "
+                   "conditional digits, the largest weight without harm: DMMD 0.5 (near-copies from 1 up), flow "
+                   "matching 1, DDPM 2; the command warns when the samples collapse")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the diversity figures of diversity.json "
+                   "(nearest-neighbour distances against at most 10000 training and 2000 held-out rows) and the "
+                   "collapse warning")
 
 
 def run(args) -> int:
@@ -149,20 +154,30 @@ def run(args) -> int:
     atomic_write_bytes(staging / "samples.npz", write_npz)
     picture = out / "samples.png"
     kind = data.kind if data is not None else ("image" if len(shape) == 3 else "points")
+    conditional = "" if labels is None else f", class {args.class_}, guidance {cfg.sample.guidance:g}"
     save_samples_picture(staging / picture.name, z.numpy(), kind, data.test.numpy() if data is not None and kind == "points" else None,
                          title=f"{cfg.method}, {cfg.sample.sampler} sampler, NFE {evaluations(cfg)}, seed {args.seed}"
-                               + (f" (first 100 of {len(z)})" if kind == "image" and len(z) > 100 else ""))
+                               + conditional + (f" (first 100 of {len(z)})" if kind == "image" and len(z) > 100 else ""))
     if args.png_dir:
         save_png_folder(args.png_dir, z.numpy())
         print(f"{len(z)} PNGs: {args.png_dir}")
     report = {"sampler": cfg.sample.sampler, "settings": cfg.sample.__dict__, "num_samples": len(z),
               "seconds": round(elapsed, 3), "nfe": nfe, **({} if labels is None else {"class": args.class_})}
-    if data is not None:
+    warning = None
+    if data is not None and not args.no_diagnostics:
+        print(f"diagnostics: nearest neighbours of {len(z)} samples against at most {REFERENCE_TRAIN} training and "
+              f"{REFERENCE_HELDOUT} held-out rows (--no-diagnostics skips them)", file=sys.stderr, flush=True)
+        began = time.time()
         report["diversity"] = sample_report(z, data)
+        report["diagnostics_seconds"] = round(time.time() - began, 3)
+        warning = collapse_warning(report["diversity"], cfg.method, nfe, None if labels is None else
+                                   cfg.sample.guidance, one_class=labels is not None and args.class_ != "all")
     atomic_write_text(staging / "diversity.json", json.dumps(report, indent=2) + "\n")
     publish(staging)  # the three files replace OUT together
     print(f"{len(z)} samples in {elapsed:.1f} s -> {out / 'samples.npz'}")
     print(f"picture: {picture}")
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -145,3 +145,53 @@ def reconstruction_floor(ae: Autoencoder, data: Dataset, num: int) -> dict:
     if data.name == "digits":
         out["fd_digits"] = digits_scores(recon, data.test)["fd_digits"]
     return out
+
+
+NEAR_DUPLICATE_WARN = 0.25  # share of samples with a near-copy among the others (healthy samplers: about 0)
+CLASS_SHARE_WARN = 0.5  # one class's share of samples drawn for every class (healthy: about 1 / classes)
+MODE_SHARE_WARN = 0.02  # an 8-Gaussians mode holding less than this is lost (healthy: about 1/8)
+# samples' median nearest-neighbour distance over that of as many held-out points: below this they bunch
+# (conditional digits, one class, DMMD: 0.72 at the default guidance 0.5, 0.56 at 1, 0.31 at 2; all classes
+# 0.93 and 0.47 at 2; unconditional digits 1.06)
+SPREAD_WARN = 0.5
+# the largest guidance weight without collapse or a worse FD, per method, measured on conditional digits
+# (benchmarks/results/conditional_digits.md): DMMD makes near-copies from w = 1 up
+SAFE_GUIDANCE = {"dmmd": 0.5, "fm": 1.0, "ddpm": 2.0}
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def collapse_figure(diversity: dict, one_class: bool = False) -> str | None:
+    """The figure of a sample report that says the samples collapsed, in words, or None."""
+    share, held = diversity.get("near_duplicate_share"), diversity.get("near_duplicate_share_heldout", 0.0)
+    if share is not None and share >= NEAR_DUPLICATE_WARN and share > 2 * held:
+        return f"{share:.0%} of the samples have a near-copy among the others (held-out data: {held:.0%})"
+    spread = _ratio(diversity.get("median_nn_samples_equal_size"), diversity.get("median_nn_heldout_equal_size"))
+    if spread is not None and spread < SPREAD_WARN:
+        return (f"the samples bunch together (median distance to the nearest other sample {spread:.2f} x that of "
+                "as many held-out points)")
+    classes = diversity.get("classes") or {}
+    if not one_class and classes.get("max_class_share", 0.0) >= CLASS_SHARE_WARN:
+        return f"one class holds {classes['max_class_share']:.0%} of the samples"
+    shares = (diversity.get("modes") or {}).get("mode_shares")
+    if shares and min(shares) < MODE_SHARE_WARN:
+        return f"a mode holds {min(shares):.1%} of the samples (each should hold about {1 / len(shares):.0%})"
+    return None
+
+
+def collapse_warning(diversity: dict, method: str, nfe: int, guidance: float | None = None,
+                     one_class: bool = False) -> str | None:
+    """One warning line naming the collapse figure and its likely cause, or None for healthy samples."""
+    figure = collapse_figure(diversity, one_class)
+    if figure is None:
+        return None
+    if guidance is not None and guidance > SAFE_GUIDANCE.get(method, float("inf")):
+        cause = (f"guidance too strong (--guidance {guidance:g}; measured safe for {method} up to "
+                 f"{SAFE_GUIDANCE[method]:g})")
+    elif nfe < 20:
+        cause = f"too few steps (NFE {nfe}; try --nfe 20 or more)"
+    else:
+        cause = "the step size or too little noise in the flow (sample.step_size, sample.inject, sample.renoise)"
+    return f"warning: the samples look collapsed: {figure}; likely cause: {cause}"
