@@ -147,8 +147,8 @@ def test_save_images_needs_image_data(tmp_path):
 
 
 def test_load_config_takes_presets_files_and_configs(tmp_path):
-    from dmmd.apps.pipeline import load_config
     from dmmd import config
+    from dmmd.apps.pipeline import load_config
 
     by_name = load_config("digits", {"train.steps": 5})
     by_file = config.load("configs/digits.toml", ["train.steps=5"])
@@ -202,8 +202,8 @@ def test_thread_guard_avoids_spinning_threads_when_torch_came_first():
 def test_preview_samples_of_a_model_in_training(method, kernel):
     """The TensorBoard grid's samples: any method, no stored statistics needed."""
     from dmmd import config
-    from dmmd.training.preview import preview_samples
     from dmmd.methods.build import build_model
+    from dmmd.training.preview import preview_samples
 
     cfg = config.load(None, [f"method={method}", f"model.kernel={kernel}", "model.width=8", "model.depth=1",
                              "model.feature_dim=4", "model.time_dim=4", "sample.num_levels=2",

@@ -11,9 +11,9 @@ from dmmd import config
 from dmmd.cli import main
 from dmmd.data.datasets import load_digits
 from dmmd.methods.latent import decode, encode, encode_dataset, load_autoencoder
-from dmmd.training.autoencoder import train_autoencoder
-from dmmd.nets.autoencoder import ConvAutoencoder, moments, reconstruction_loss, weights_sha256
 from dmmd.methods.sample import clip_range
+from dmmd.nets.autoencoder import ConvAutoencoder, moments, reconstruction_loss, weights_sha256
+from dmmd.training.autoencoder import train_autoencoder
 
 AE_ARGS = ["--set", "autoencoder.channels=[4,8]", "--set", "autoencoder.latent_dim=6", "--set", "autoencoder.steps=30",
            "--set", "autoencoder.batch_size=32", "--set", "autoencoder.log_every=10", "--set",

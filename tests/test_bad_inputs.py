@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import TINY
 
 from dmmd.cli import main
-from test_cli import TINY
 
 
 def _snapshot(root: Path) -> dict:

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-
-from dmmd.cli import main
-from dmmd.apps.compare import METHODS, candidates, dmmd_grid
 from test_cli import TINY
+
+from dmmd.apps.compare import METHODS, candidates, dmmd_grid
+from dmmd.cli import main
 
 
 def test_dmmd_grid_spends_the_nfe():

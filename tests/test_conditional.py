@@ -7,20 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from dmmd.methods import conditional
 from dmmd.cli import main
-from dmmd.math.conditioning import (balanced_labels, class_means, class_witness, drop_labels, guided_output,
-    guided_target)
 from dmmd.config import ConfigError, ModelConfig, ProcessConfig, load
 from dmmd.data.datasets import DataError, load_array_dataset
+from dmmd.math.conditioning import (
+    balanced_labels,
+    class_means,
+    class_witness,
+    drop_labels,
+    guided_output,
+    guided_target,
+)
+from dmmd.math.noising import VPProcess, time_grid
+from dmmd.methods import conditional
+from dmmd.methods.build import build_process
 from dmmd.methods.ddpm import EpsMLP, build_eps_net
 from dmmd.methods.discriminator import build_discriminator
 from dmmd.methods.losses import dmmd_loss
+from dmmd.methods.mmd_flow import FlowSettings, run_flow
 from dmmd.nets.mlp import FeatureMLP
 from dmmd.nets.unet import UNet
-from dmmd.math.noising import VPProcess, time_grid
-from dmmd.methods.build import build_process
-from dmmd.methods.mmd_flow import FlowSettings, run_flow
 
 C = 3  # classes in the small tests; label C is the null label
 
@@ -332,8 +338,7 @@ def test_resume_of_a_conditional_run_is_exact(tmp_path):
 
 
 def test_malformed_class_statistics_are_refused(tmp_path):
-    from dmmd.runtime.checkpoint import CheckpointError
-    from dmmd.runtime.checkpoint import check_stats
+    from dmmd.runtime.checkpoint import CheckpointError, check_stats
 
     good = {"class_grid": "T=2,grid=uniform", "class_data_mean": torch.zeros(2, 4, 5),
             "class_replay": {"tag": torch.zeros(4, 4, 5)}}

@@ -1,7 +1,8 @@
 import torch
 
 from dmmd.config import DataConfig
-from dmmd.data.datasets import DIGITS_TRAIN, load_dataset, to_data_space
+from dmmd.data.datasets import DIGITS_TRAIN, load_dataset
+from dmmd.data.scaling import to_data_space
 from dmmd.data.toys import TOYS, eight_gaussians, eight_gaussians_centres
 
 

@@ -26,9 +26,18 @@ import torch
 from torch import nn
 
 from dmmd.config import ModelConfig
-from dmmd.methods.ddpm import (EpsMLP, alpha_bar, build_eps_net, ddim_step, ddpm_loss, ddpm_step, num_evaluations,
-    predict_x0, sample)
 from dmmd.math.noising import BlurProcess, VPProcess, time_grid
+from dmmd.methods.ddpm import (
+    EpsMLP,
+    alpha_bar,
+    build_eps_net,
+    ddim_step,
+    ddpm_loss,
+    ddpm_step,
+    num_evaluations,
+    predict_x0,
+    sample,
+)
 from dmmd.methods.mmd_flow import ParticleNoise
 
 PROCESS = VPProcess()
@@ -331,10 +340,10 @@ def test_trained_mlp_ddim_lands_near_mean():
 def test_checkpoint_without_skip_path_loads_as_zero_skip(tmp_path):
     """A DDPM / flow-matching MLP checkpoint written before EpsMLP's skip path (no skip.* keys) loads
     for sampling with g(t) = 0, the network it was trained as; a DMMD checkpoint is untouched."""
-    from dmmd.runtime import checkpoint as ckpt
     from dmmd.config import load
-    from dmmd.methods.ddpm import add_missing_skip
     from dmmd.methods.build import load_model
+    from dmmd.methods.ddpm import add_missing_skip
+    from dmmd.runtime import checkpoint as ckpt
     from dmmd.training.loop import save_checkpoint
     from dmmd.training.state import new_state
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from dmmd.config import ModelConfig
-from dmmd.methods.ddpm import build_eps_net, ddim_step, ddpm_step, predict_x0, sample
 from dmmd.math.noising import VPProcess, time_grid
+from dmmd.methods.ddpm import build_eps_net, ddim_step, ddpm_step, predict_x0, sample
 from dmmd.methods.mmd_flow import ParticleNoise
 
 PROCESS = VPProcess()

@@ -5,8 +5,8 @@ import torch
 
 from dmmd import config
 from dmmd.cli import main
-from dmmd.runtime.device import as_layout, resolve_device
 from dmmd.methods.build import build_process
+from dmmd.runtime.device import as_layout, resolve_device
 from dmmd.training.loop import train_step
 from dmmd.training.state import new_state
 

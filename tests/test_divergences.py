@@ -14,8 +14,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmmd.math.divergences import (kale_objective, linear_kernel, linear_witness, mmd2, mmd2_biased,
-    mmd2_linear_unbiased, mmd2_unbiased, rbf_kernel, rq_kernel, squared_distances, witness)
+from dmmd.math.divergences import (
+    kale_objective,
+    linear_kernel,
+    linear_witness,
+    mmd2,
+    mmd2_biased,
+    mmd2_linear_unbiased,
+    mmd2_unbiased,
+    rbf_kernel,
+    rq_kernel,
+    squared_distances,
+    witness,
+)
 
 DT = torch.float64
 TOL = 1e-10

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmmd.runtime import runfolder
 from dmmd.cli import main
+from dmmd.runtime import runfolder
 
 TINY = ["--set", "data.name=eight_gaussians", "--set", "data.num_points=500", "--set", "model.width=16",
         "--set", "model.feature_dim=8", "--set", "model.time_dim=8", "--set", "model.depth=1",

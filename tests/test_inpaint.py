@@ -7,13 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import small_disc
-from dmmd.methods import ddpm, flow_matching
+
 from dmmd.cli import main
-from dmmd.math.inpaint import (MaskError, Replacement, fm_forward, load_mask, mask_from_array, named_mask,
-    replacement_for, vp_forward, vp_transition)
+from dmmd.math.inpaint import (
+    MaskError,
+    Replacement,
+    fm_forward,
+    load_mask,
+    mask_from_array,
+    named_mask,
+    replacement_for,
+    vp_forward,
+    vp_transition,
+)
 from dmmd.math.noising import VPProcess, time_grid
+from dmmd.methods import ddpm, flow_matching
 from dmmd.methods.mmd_flow import FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features
 
 PROCESS = VPProcess()
@@ -353,8 +362,8 @@ def test_cli_inpaint_errors_are_one_line(runs, images, tmp_path, capsys, case):
 
 
 def test_latent_and_blur_models_are_refused():
-    from dmmd.config import Config, ConfigError
     from dmmd.apps.inpaint import check_model
+    from dmmd.config import Config, ConfigError
 
     cfg = Config()
     cfg.model.latent = "/some/autoencoder"

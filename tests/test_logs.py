@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
-
-from dmmd.training import log as runlog
-from dmmd.cli import main
-from dmmd.training.log import read_metrics
-
 from test_cli import TINY
+
+from dmmd.cli import main
+from dmmd.training import log as runlog
+from dmmd.training.log import read_metrics
 
 STEPS = [a if not a.startswith("train.steps=") else "train.steps=12" for a in TINY]
 ARGS = [*STEPS, "--set", "train.log_every=2", "--set", "train.checkpoint_every=5"]

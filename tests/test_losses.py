@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-
 from conftest import small_disc
-from dmmd.methods.losses import dmmd_loss
+
 from dmmd.math.noising import VPProcess
+from dmmd.methods.losses import dmmd_loss
 
 PROCESS = VPProcess()
 
@@ -183,8 +183,8 @@ def _tiny_config(*extra):
 def test_train_step_penalises_every_kth_step(monkeypatch):
     """train.gp_every = 3: steps 3 and 6 (1-based, as logged) carry the penalty with weight 3, the
     others none; the logged loss is -mmd2 + 3 lambda_gp gp + lambda_l2 l2 on penalty steps."""
-    from dmmd.training import loop as training
     from dmmd.methods.build import build_process
+    from dmmd.training import loop as training
 
     cfg = _tiny_config("train.gp_every=3", "train.lambda_gp=0.5")
     state, process = training.new_state(cfg, (2,)), build_process(cfg.process)
@@ -216,8 +216,8 @@ def test_clip_threshold_follows_the_lazy_weight(monkeypatch, method, every, clip
     """With train.gp_every = k the penalty step's gradient carries a k-fold penalty; its clip
     threshold is k grad_clip so that clipping (active on every DMMD step: norms of 10-25 against
     1) does not scale the k back out. Checked on the thresholds train_step hands to the clip."""
-    from dmmd.training import loop as training
     from dmmd.methods.build import build_process
+    from dmmd.training import loop as training
 
     cfg = _tiny_config(f"method={method}", f"train.gp_every={every}", f"train.grad_clip={clip}", f"train.gp_lazy={lazy}",
                        *(["sample.sampler=ddpm"] if method == "ddpm" else []))
@@ -272,8 +272,8 @@ def test_reuse_adds_the_kept_penalty_gradient(monkeypatch, kernel):
     the same, dGP/d(mean feature) / B; rbf: row i of c meets row i of the later step's batch.)"""
     import copy
 
-    from dmmd.training import loop as training
     from dmmd.methods.build import build_process
+    from dmmd.training import loop as training
 
     cfg = _tiny_config("train.gp_every=3", "train.gp_lazy=reuse", "train.lambda_gp=0.5", "train.grad_clip=0",
                        f"model.kernel={kernel}", *([] if kernel == "linear" else ["sample.sampler=exact"]))
@@ -347,8 +347,8 @@ def test_reuse_penalty_step_costs_a_full_penalty_step(backbone):
                 self.total += flop_registry[func._overloadpacket](*args, **(kwargs or {}), out_val=out)
             return out
 
-    from dmmd.training import loop as training
     from dmmd.methods.build import build_process
+    from dmmd.training import loop as training
 
     shape = (2,) if backbone == "mlp" else (1, 8, 8)
     extra = [] if backbone == "mlp" else ["model.backbone=unet", "model.base_channels=8", "model.channel_mults=[1]",
@@ -380,8 +380,8 @@ def test_reuse_penalty_step_equals_a_full_penalty_step(extra):
     Adam) equals a gp_every = 1 step's from the same start and draws, for the MMD and KALE objectives
     and a conditional discriminator; what it keeps is one tensor per parameter, plus the two feature
     cotangents unless the objective is KALE (whose penalty does not read the batch features)."""
-    from dmmd.training import loop as training
     from dmmd.methods.build import build_process
+    from dmmd.training import loop as training
 
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(64) % 3 if "model.conditional=true" in extra else None

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmmd.evaluation.plotting import (MAX_GRID, pairwise_figure, save_image_grid, save_png_folder,
-    save_samples_picture, to_uint8)
+from dmmd.evaluation.plotting import (
+    MAX_GRID,
+    pairwise_figure,
+    save_image_grid,
+    save_png_folder,
+    save_samples_picture,
+    to_uint8,
+)
 
 
 def test_to_uint8_maps_minus_one_to_one_onto_bytes():

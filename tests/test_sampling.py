@@ -2,13 +2,22 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
 from conftest import small_disc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dmmd.math import divergences as dv
 from dmmd.math.noising import BlurProcess, VPProcess
-from dmmd.methods.mmd_flow import (FlowSettings, ParticleNoise, approx_flow, exact_flow, kale_flow, level_features,
-    run_flow, mean_term)
+from dmmd.methods.mmd_flow import (
+    FlowSettings,
+    ParticleNoise,
+    approx_flow,
+    exact_flow,
+    kale_flow,
+    level_features,
+    mean_term,
+    run_flow,
+)
 
 PROCESS = VPProcess()
 

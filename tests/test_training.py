@@ -73,8 +73,8 @@ def test_best_checkpoint_is_lowest_held_out_loss(tmp_path, method):
     checkpoint of the lowest one, kept beside the last K periodic checkpoints and final.pt."""
     import json
 
-    from dmmd.runtime import checkpoint as ckpt
     from dmmd.data.datasets import load_dataset
+    from dmmd.runtime import checkpoint as ckpt
     from dmmd.training.loop import train
 
     extra = ["method=ddpm", "sample.sampler=ddpm"] if method == "ddpm" else []

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from dmmd.config import DataConfig
-from dmmd.data.datasets import FASHION_MNIST_ROOT, load_dataset, to_data_space
+from dmmd.data.datasets import FASHION_MNIST_ROOT, load_dataset
 from dmmd.data.files import DataError, load_fashion_mnist, load_mnist, load_mnist_labels
+from dmmd.data.scaling import to_data_space
 
 
 def _idx_images(images: np.ndarray) -> bytes:

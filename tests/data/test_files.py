@@ -16,8 +16,17 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from dmmd.data.files import (DataError, ImageFolder, celeba64, celebahq128, check_images, load_cifar10, load_mnist,
-    lsun_church64, make_loader)
+from dmmd.data.files import (
+    DataError,
+    ImageFolder,
+    celeba64,
+    celebahq128,
+    check_images,
+    load_cifar10,
+    load_mnist,
+    lsun_church64,
+    make_loader,
+)
 
 # ---------------------------------------------------------------------------------- MNIST
 

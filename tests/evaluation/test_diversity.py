@@ -11,8 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmmd.evaluation.diversity import (distinct_share, diversity_report, median_distance_to_set, median_nn_distance,
-    mode_report, near_duplicate_share, rms_radius)
+from dmmd.evaluation.diversity import (
+    distinct_share,
+    diversity_report,
+    median_distance_to_set,
+    median_nn_distance,
+    mode_report,
+    near_duplicate_share,
+    rms_radius,
+)
 
 FEW = settings(max_examples=8, deadline=None)
 RADIUS, STD = 2.0, 0.05

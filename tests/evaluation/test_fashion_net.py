@@ -15,7 +15,8 @@ import torch
 
 from dmmd.cli import main
 from dmmd.config import DataConfig
-from dmmd.data.datasets import Dataset, load_dataset, to_data_space
+from dmmd.data.datasets import Dataset, load_dataset
+from dmmd.data.scaling import to_data_space
 from dmmd.evaluation.fashion_net import WEIGHTS, FashionNet, fashion_scores, load_classifier
 from dmmd.evaluation.report import evaluate_samples, sample_report
 

@@ -18,8 +18,13 @@ import torch
 
 from dmmd.cli import main
 from dmmd.evaluation import inception as metrics
-from dmmd.evaluation.inception import (INCEPTION_WEIGHTS_FILE, InceptionUnavailable, inception_fid,
-    inception_score_standard, inception_weights_path)
+from dmmd.evaluation.inception import (
+    INCEPTION_WEIGHTS_FILE,
+    InceptionUnavailable,
+    inception_fid,
+    inception_score_standard,
+    inception_weights_path,
+)
 from dmmd.evaluation.metrics import frechet_distance, inception_score
 
 GEN = torch.Generator().manual_seed(0)

@@ -15,8 +15,18 @@ from hypothesis import strategies as st
 
 from dmmd.evaluation import diversity, metrics
 from dmmd.evaluation.diversity import as_float64_matrix, kth_nearest_distance, pairwise_block_sum
-from dmmd.evaluation.metrics import (energy_distance, frechet_distance, frechet_distance_from_stats, inception_score,
-    kid, kid_subset_indices, median_heuristic, mmd_rbf, polynomial_mmd2_unbiased, precision_recall)
+from dmmd.evaluation.metrics import (
+    energy_distance,
+    frechet_distance,
+    frechet_distance_from_stats,
+    inception_score,
+    kid,
+    kid_subset_indices,
+    median_heuristic,
+    mmd_rbf,
+    polynomial_mmd2_unbiased,
+    precision_recall,
+)
 
 FEW = settings(max_examples=8, deadline=None)
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import small_disc
 
-from dmmd.math import divergences as dv
+from dmmd.apps.studies import flows, pictures
 from dmmd.config import Config, set_value
+from dmmd.math import divergences as dv
 from dmmd.math.noising import VPProcess
 from dmmd.methods.sample import calibrate, sample
-from dmmd.apps.studies import flows, pictures
 
 
 def _points(seed, n, m, d=2):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from dmmd.math import divergences as dv
-from dmmd.methods.discriminator import Discriminator
-from dmmd.math.noising import VPProcess
 from dmmd.apps.studies import kernel_width as kw
 from dmmd.apps.studies import mmd_gan, rank
+from dmmd.math import divergences as dv
+from dmmd.math.noising import VPProcess
+from dmmd.methods.discriminator import Discriminator
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
 
-from dmmd.math.divergences import rbf_kernel, witness as sample_witness
 from dmmd.apps.studies import optimal_width as ow
+from dmmd.math.divergences import rbf_kernel
+from dmmd.math.divergences import witness as sample_witness
 
 DIMS = (1, 2, 8, 64)
 DELTAS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
