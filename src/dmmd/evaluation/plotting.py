@@ -169,6 +169,16 @@ def save_samples_picture(path: str | Path, samples: np.ndarray, kind: str, refer
     save_scatter(path, flat, ref, title)
 
 
+def _robust_limits(ax, values: np.ndarray) -> None:
+    """y limits from the 2nd to the 98th percentile (with a margin), so one outlier cannot squash the curve."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < 10:
+        return
+    lo, hi = np.percentile(finite, [2, 98])
+    if hi > lo:
+        ax.set_ylim(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo))
+
+
 def save_loss_curves(path: str | Path, records: list[dict], title: str = "") -> None:
     """Training losses (every term of the 'train' records of metrics.jsonl, one panel each) and the
     held-out loss ('val' records) against the step."""
@@ -180,16 +190,21 @@ def save_loss_curves(path: str | Path, records: list[dict], title: str = "") -> 
     train = [r for r in records if r.get("kind", "train") == "train" and "loss" in r]
     val = [r for r in records if r.get("kind") == "val" or ("val_loss" in r and "loss" not in r)]
     skip = {"step", "elapsed_s", "kind", "steps_per_s", "grad_norm", "skipped"}
-    terms = [k for k in (train[0] if train else {}) if k not in skip and isinstance(train[0][k], (int, float))]
+    terms = [k for k in (train[0] if train else {}) if k not in skip and not k.endswith("_mean")
+             and isinstance(train[0][k], (int, float))]
     panels = terms + (["val_loss"] if val else [])
     if not panels:
         raise ValueError("no loss records to plot")
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 1.9 * len(panels)), dpi=100, sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], panels):
         rows = val if key == "val_loss" else train
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-" if key == "val_loss" else "-",
+        # the mean over each logging interval where the records have it (older runs: the logged step's value)
+        shown = f"{key}_mean" if key != "val_loss" and all(f"{key}_mean" in r for r in rows) else key
+        values = np.array([r.get(shown, np.nan) for r in rows], dtype=float)
+        ax.plot([r["step"] for r in rows], values, "o-" if key == "val_loss" else "-",
                 ms=3, lw=1, color="tab:orange" if key == "val_loss" else "tab:blue")
-        ax.set_ylabel("held-out loss" if key == "val_loss" else key, fontsize=8)
+        ax.set_ylabel("held-out loss" if key == "val_loss" else key + (" (mean)" if shown != key else ""), fontsize=8)
+        _robust_limits(ax, values)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")

@@ -103,7 +103,9 @@ class RunLog:
         self.last = (step, now)
         self.metrics({"kind": "train", "step": step, "elapsed_s": round(self.elapsed(), 2),
                       "steps_per_s": round(rate, 3) if math.isfinite(rate) else None, **terms})
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in terms.items() if k != "grad_norm")
+        # each term's mean over the interval where the record has it (metrics.jsonl keeps both)
+        shown = "  ".join(f"{k} {terms.get(k + '_mean', v):.4g}" for k, v in terms.items()
+                          if k != "grad_norm" and not k.endswith("_mean"))
         eta = _duration((self.total_steps - step) / rate) if math.isfinite(rate) and rate > 0 else "?"
         self.line(f"step {step}/{self.total_steps}  {shown}  {rate:.1f} steps/s  ETA {eta}", echo=self.echo_intervals)
         if self.board is not None:
