@@ -147,7 +147,7 @@ def test_latent_run_end_to_end(latent_run, tmp_path, capsys):
     assert (out / "samples.png").stat().st_size > 500
     capsys.readouterr()
     assert main(["evaluate", "--samples", str(out / "samples.npz"), "--checkpoint", str(run),
-                 "--metrics", "fd"]) == 0
+                 "--metrics", "fd", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     floor = report["reconstruction_floor"]
     assert floor["num_images"] == 30 and floor["fd_digits"] > 0 and report["digits"]["fd_digits"] > 0

@@ -133,10 +133,14 @@ def test_evaluate_reports_metrics(run_dir, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(run_dir), "--num-samples", "30", "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--samples", str(out / "samples.npz"), "--checkpoint", str(run_dir),
-                 "--out", str(tmp_path / "eval.json")]) == 0
+                 "--out", str(tmp_path / "eval.json"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "eval.json").read_text())
     assert {"fd", "kid", "mmd_rbf", "energy_distance", "precision", "diversity"} <= report.keys()
+    assert main(["evaluate", "--samples", str(out / "samples.npz"), "--checkpoint", str(run_dir)]) == 0
+    summary = capsys.readouterr().out.splitlines()  # a person's summary: the same figures, a few lines
+    assert summary[0] == f"{report['num_samples']} samples against {report['num_heldout']} held-out points"
+    assert f"FD {report['fd']:.4g}" in summary[1] and "modes:" in "\n".join(summary) and len(summary) <= 8
     assert report["fd"] > 0 and "modes" in report["diversity"]
 
 

@@ -82,7 +82,7 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
          elsewhere, env)
     assert len(list((elsewhere / "png").glob("*.png"))) == 30
     report = json.loads(_run([dmmd, "evaluate", "--samples", "samples/samples.npz", "--checkpoint", "run",
-                              "--metrics", "fd,mmd"], elsewhere, env))
+                              "--metrics", "fd,mmd", "--json"], elsewhere, env))
     assert report["num_samples"] == 30 and report["fd"] > 0
     _run([dmmd, "study", "flows", "--quick", "--out", "study"], elsewhere, env)
     assert (elsewhere / "study" / "flows.md").is_file()

@@ -14,7 +14,7 @@ from dmmd.evaluation.inception import (
     inception_weights_path,
     require_torch_fidelity,
 )
-from dmmd.evaluation.report import METRICS, evaluate_samples, reconstruction_floor
+from dmmd.evaluation.report import METRICS, evaluate_samples, reconstruction_floor, summary_lines
 from dmmd.methods.build import load_model
 from dmmd.methods.latent import for_config
 from dmmd.runtime.checkpoint import atomic_write_text
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a samples file against the held-out data",
                        description="Read samples.npz (array 'samples', in data space) and report diversity and "
                        "distribution metrics against the held-out split of the data set named by --checkpoint's "
-                       "config or --config. Prints JSON; --out also writes it to a file.")
+                       "config or --config. Prints a short summary (--json: the whole report); --out also writes the JSON report to a file.")
     p.add_argument("--samples", required=True, metavar="FILE", help="a samples.npz written by `dmmd sample`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="PATH", help="run folder or checkpoint whose data set to compare with")
@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
                         "~/.cache/torch/hub/checkpoints). Nothing is downloaded. Also needs torch-fidelity (and the "
                         "torchvision it imports) installed")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report here")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON instead of a short summary")
 
 
 def run(args) -> int:
@@ -93,5 +94,5 @@ def run(args) -> int:
     text = json.dumps(report, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")
-    print(text)
+    print(text if args.json else "\n".join(summary_lines(report) + ([f"report: {args.out}"] if args.out else [])))
     return 0

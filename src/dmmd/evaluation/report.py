@@ -195,3 +195,44 @@ def collapse_warning(diversity: dict, method: str, nfe: int, guidance: float | N
     else:
         cause = "the step size or too little noise in the flow (sample.step_size, sample.inject, sample.renoise)"
     return f"warning: the samples look collapsed: {figure}; likely cause: {cause}"
+
+
+def _figures(values: dict, keys: dict) -> list[str]:
+    return [f"{label} {values[key]:.4g}" for key, label in keys.items() if isinstance(values.get(key), (int, float))]
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few lines a person reads, of a `dmmd evaluate` report (the JSON holds every figure)."""
+    lines = [f"{report['num_samples']} samples against {report['num_heldout']} held-out points"]
+    raw = _figures(report, {"fd": "FD", "mmd_rbf": "MMD^2 (RBF)", "energy_distance": "energy distance",
+                            "precision": "precision", "recall": "recall"})
+    if "kid" in report:
+        raw.insert(1, f"KID {report['kid']['mean']:.4g} +- {report['kid']['std_error']:.2g}")
+    if raw:
+        lines.append("raw coordinates: " + ", ".join(raw))
+    for key, label in (("digits", "digits classifier"), ("fashion", "Fashion-MNIST classifier")):
+        if key in report:
+            lines.append(f"{label}: " + ", ".join(_figures(report[key], {k: k for k in report[key]})))
+    div = report.get("diversity") or {}
+    if "near_duplicate_share" in div:
+        lines.append(f"diversity: {div['near_duplicate_share']:.1%} near-copies (held-out data "
+                     f"{div['near_duplicate_share_heldout']:.1%}), distance to the nearest training point "
+                     f"{div['nn_to_train_ratio']:.2f} x held-out data's, {div['distinct_share']:.1%} distinct")
+        if "modes" in div:
+            lines.append(f"modes: {div['modes']['modes_covered']} covered, {div['modes']['near_share']:.1%} of "
+                         f"samples near a mode, shares {min(div['modes']['mode_shares']):.1%}-"
+                         f"{max(div['modes']['mode_shares']):.1%}")
+        if "classes" in div:
+            lines.append(f"classes: shares {div['classes']['min_class_share']:.1%}-{div['classes']['max_class_share']:.1%}, "
+                         f"confidence {div['classes']['confidence']:.2f} (held-out {div['classes']['confidence_heldout']:.2f})")
+    if "per_class" in report:
+        lines.append(f"per class: agreement {report['per_class']['agreement']:.3f} (every class: --json)")
+    if "reconstruction_floor" in report:
+        lines.append("autoencoder's reconstruction floor: "
+                     + ", ".join(_figures(report["reconstruction_floor"], {"fd": "FD", "fd_fashion": "FD-fashion",
+                                                                           "fd_digits": "FD-digits", "mse": "MSE"})))
+    if "inception_fid" in report:
+        lines.append(f"Inception FID {report['inception_fid']:.4g}")
+    if "inception_is" in report:
+        lines.append(f"Inception IS {report['inception_is']['mean']:.4g} +- {report['inception_is']['std']:.2g}")
+    return lines
