@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from dmmd import config, presets
 from dmmd.methods.sample import settings_for_nfe
+from dmmd.runtime.terminal import bars_drawable
 
 
 def add_config_args(p: argparse.ArgumentParser, example: str = "train.steps=500") -> None:
@@ -33,7 +33,7 @@ def config_source(args, default: str | None = None):
 
 def bar_off(args) -> bool:
     """Progress bars only on a terminal: redirected to a file, their redraws fill it."""
-    return args.no_progress or not sys.stderr.isatty()
+    return args.no_progress or not bars_drawable()
 
 
 def next_run_dir(cfg) -> Path:

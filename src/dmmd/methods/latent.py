@@ -26,6 +26,7 @@ from dmmd.config import Config, ConfigError, DataConfig, from_dict
 from dmmd.data.datasets import Dataset
 from dmmd.nets.autoencoder import ConvAutoencoder, weights_sha256
 from dmmd.runtime import checkpoint as ckpt
+from dmmd.runtime.terminal import bars_drawable
 
 KIND = "autoencoder"  # payload["kind"] of an autoencoder checkpoint
 BATCH = 1000  # images per encoder/decoder pass outside training
@@ -158,7 +159,7 @@ def encode_dataset(data: Dataset, ae: Autoencoder, data_cfg: DataConfig | None =
     total = (len(data.stream) if data.stream is not None else len(data.train)) + len(data.test)
     print(f"note: encoding {total} images with the autoencoder" + (f" (cached in {path})" if path else ""),
           file=sys.stderr)
-    with tqdm(total=total, desc="encode", disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc="encode", disable=not (progress and bars_drawable()), dynamic_ncols=True) as bar:
         if data.stream is not None:
             train = torch.cat([encode(x, ae, bar) for x in _stream_images(data.stream)])
         else:

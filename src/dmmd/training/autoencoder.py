@@ -9,7 +9,6 @@ reconstructions is drawn (AE/reconstructions.png) and AE/autoencoder.json summar
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from dmmd.methods.latent import BATCH, KIND, Autoencoder, build_autoencoder, dec
 from dmmd.nets.autoencoder import ConvAutoencoder, moments, reconstruction_loss, weights_sha256
 from dmmd.runtime import checkpoint as ckpt
 from dmmd.runtime.device import resolve_device, thread_guard
+from dmmd.runtime.terminal import bars_drawable
 from dmmd.training.log import RunLog
 from dmmd.training.state import StreamSource
 
@@ -70,7 +70,9 @@ def _train(cfg: Config, data: Dataset, run_dir: Path, resume: bool, progress: bo
     optimizer = torch.optim.Adam(model.parameters(), lr=a.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
-    bar_on = progress and sys.stderr.isatty()
+    bar_on = progress and bars_drawable()
+    if bar_on and echo is not None:  # lines printed above the bar (the held-out MSE at checkpoints)
+        echo = tqdm.write
     log = RunLog(run_dir, echo, total_steps=a.steps, echo_intervals=not bar_on, tensorboard=False)
     if resume and (run_dir / ckpt.LATEST).is_file():
         payload = read_payload(run_dir, KIND, device)

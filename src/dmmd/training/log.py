@@ -115,7 +115,7 @@ class RunLog:
     def val(self, step: int, value: float) -> None:
         """A checkpoint's held-out loss: a "val" record, a log.txt line, a scalar."""
         self.metrics({"kind": "val", "step": step, "elapsed_s": round(self.elapsed(), 2), "val_loss": value})
-        self.line(f"step {step}: held-out loss {value:.4g}", echo=self.echo_intervals)
+        self.line(f"step {step}: held-out loss {value:.4g}")  # shown with a bar too (above it)
         if self.board is not None:
             self.board.add_scalar("val/loss", value, step)
 

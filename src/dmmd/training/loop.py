@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from dmmd.runtime.device import as_layout, thread_guard
 from dmmd.runtime.distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
 from dmmd.runtime.resume import check_resume
 from dmmd.runtime.signals import Interrupted, signal_name, stop_requested, stop_signals
+from dmmd.runtime.terminal import bars_drawable
 from dmmd.training.log import RunLog
 from dmmd.training.state import (
     StreamSource,
@@ -268,7 +268,9 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
     source = data if stream is None else StreamSource(stream, cfg.data.workers)
     process = build_process(cfg.process)
     state = new_state(cfg, tuple(data.shape[1:]), device)
-    bar_on = bool(progress and ctx.is_main and sys.stderr.isatty())  # a bar on a terminal; plain lines otherwise
+    bar_on = bool(progress and ctx.is_main and bars_drawable())  # a bar on a terminal; plain lines otherwise
+    if bar_on and echo is not None:  # lines printed above the bar (the held-out loss at checkpoints)
+        echo = tqdm.write
     log = RunLog(run_dir, echo, enabled=ctx.is_main, total_steps=cfg.train.steps, echo_intervals=not bar_on)
     if resume and (run_dir / ckpt.LATEST).is_file():
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a kill during a write
