@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -212,7 +213,9 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
               "latent": cfg.model.latent or None, "reconstruction_floor": floor}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=float) + "\n")
     atomic_write_text(out / "compare.md", markdown(result))
-    plot_metric(out / "metric_vs_nfe.png", [r for r in rows if r["budget_point"] == max(points)])
+    final = [r for r in rows if r["budget_point"] == max(points)]
+    plot_metric(out / "metric_vs_nfe.png", final, title=f"{data.name}: {final[0]['metric_name'] if final else 'metric'} "
+                f"against NFE after {budget:g} CPU-s of training per method")
     save_grids(out, final_grids, data, nfes)
     return result
 
@@ -263,7 +266,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n\n(* = chosen on the training split)\n"
 
 
-def plot_metric(path: Path, rows: list[dict]) -> None:
+def plot_metric(path: Path, rows: list[dict], title: str = "") -> None:
+    """Each method's metric against NFE; the y axis spans at most 30x the best value (points above
+    it sit on the top edge, marked ^), so one diverged cell cannot squash the others."""
     import io
 
     import matplotlib
@@ -277,6 +282,15 @@ def plot_metric(path: Path, rows: list[dict]) -> None:
         ax.plot(*zip(*pts), marker="o", label=f"{label[0]} ({label[1]})")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    values = [r["metric"] for r in rows if r["metric"] > 0 and math.isfinite(r["metric"])]
+    if values:
+        top = min(max(values) * 1.3, min(values) * 30)
+        ax.set_ylim(min(values) / 1.3, top)
+        clipped = [(r["nfe"], top) for r in rows if r["metric"] > top or not math.isfinite(r["metric"])]
+        if clipped:
+            ax.plot(*zip(*clipped), linestyle="none", marker="^", color="black", label="above the axis")
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_xlabel("NFE")
     ax.set_ylabel(rows[0]["metric_name"] if rows else "metric")
     ax.legend(fontsize=7)
