@@ -56,7 +56,7 @@ def run(args) -> int:
         raise config.ConfigError(f"unknown metrics {unknown or '(none given)'}; "
                                  f"choose from {', '.join(METRICS + inception)}")
     if args.out:
-        check_output_file(args.out)  # before any compute
+        check_output_file(args.out, inputs=(args.samples, args.checkpoint, args.config))  # before any compute
     cfg = load_model(args.checkpoint)[0] if args.checkpoint else config.load(args.config, args.overrides)
     data = load_dataset(cfg.data, cfg.seed)
     samples = from_data_space(cfg.data, read_array(args.samples, "samples", "samples file"))

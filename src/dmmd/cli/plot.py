@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dmmd.config import ConfigError
 from dmmd.evaluation.plotting import save_loss_curves
+from dmmd.runtime.runfolder import check_output_file
 from dmmd.training.log import read_metrics
 
 
@@ -25,6 +26,7 @@ def run(args) -> int:
     if not records:
         raise ConfigError(f"{path} holds no records yet (train.log_every steps have not passed)")
     out = Path(args.out) if args.out else Path(args.run) / "losses.png"
+    check_output_file(out, "--out" if args.out else "the picture", inputs=(path,))
     save_loss_curves(out, records, title=str(args.run))
     print(f"loss curves: {out}")
     return 0

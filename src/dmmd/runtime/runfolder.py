@@ -194,10 +194,27 @@ def check_output_dir(path: str | Path, what: str = "--out") -> None:
     _check_writable(parent, what, path)
 
 
-def check_output_file(path: str | Path, what: str = "--out") -> None:
-    """RunFolderError unless a file can be written at `path` (its folder exists and is writable)."""
+# files a command never replaces with one of its outputs: a run's own files and data a user keeps
+KEPT_SUFFIXES = (".pt", ".safetensors", ".npz", ".npy", ".toml", ".jsonl")
+KEPT_NAMES = ("config.json", "diversity.json", "autoencoder.json", "metrics.json", "log.txt", "latest", LOCK_NAME)
+
+
+def check_output_file(path: str | Path, what: str = "--out", inputs: tuple = ()) -> None:
+    """RunFolderError unless a file can be written at `path` (its folder exists and is writable) without
+    replacing what must survive: an input of the command, anything inside a run's checkpoints/ folder,
+    or an existing checkpoint, data, samples, config or log file (KEPT_SUFFIXES, KEPT_NAMES)."""
     path = Path(path)
     _check_names(path, what, Path(path.absolute().anchor))
+    target = path.resolve()
+    if any(Path(source).resolve() == target for source in inputs if source):
+        raise RunFolderError(f"{what} {path} is also an input of this command; choose another file")
+    if "checkpoints" in target.parent.parts and any((folder / "config.json").is_file() or (folder / "latest").is_file()
+                                                    for folder in target.parents):
+        raise RunFolderError(f"{what} {path} lies inside a run's checkpoints/ folder, which only training writes; "
+                             "choose another file")
+    if path.exists() and (path.suffix in KEPT_SUFFIXES or path.name in KEPT_NAMES):
+        raise RunFolderError(f"{what} {path} exists and holds a {path.suffix or path.name} file dmmd does not "
+                             "overwrite with an output; choose another file")
     if path.is_symlink() and not path.exists():
         raise RunFolderError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     if path.is_dir():

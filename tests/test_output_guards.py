@@ -1,0 +1,64 @@
+"""An output path never replaces a file the user or a run needs: a checkpoint, anything in a run's
+checkpoints/ folder, the command's own input, an existing data or samples file."""
+
+import hashlib
+
+import pytest
+
+from dmmd.cli import main
+from test_cli import TINY
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guards")
+    assert main(["train", *TINY, "--out", str(root / "run"), "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(root / "run"), "--num-samples", "20", "--out", str(root / "s"),
+                 "--no-progress", "--no-diagnostics"]) == 0
+    return root
+
+
+def _sum(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CASES = {
+    "evaluate onto the final checkpoint": (["evaluate", "--samples", "{s}/samples.npz", "--checkpoint", "{run}",
+                                            "--out", "{run}/checkpoints/final.pt"], "checkpoints/ folder"),
+    "evaluate onto its samples file": (["evaluate", "--samples", "{s}/samples.npz", "--checkpoint", "{run}",
+                                        "--out", "{s}/samples.npz"], "also an input"),
+    "evaluate onto a new file in checkpoints/": (["evaluate", "--samples", "{s}/samples.npz", "--checkpoint", "{run}",
+                                                  "--out", "{run}/checkpoints/scores.json"], "checkpoints/ folder"),
+    "evaluate onto the run's config": (["evaluate", "--samples", "{s}/samples.npz", "--checkpoint", "{run}",
+                                        "--out", "{run}/config.json"], "does not overwrite"),
+    "plot onto the final checkpoint": (["plot", "{run}", "--out", "{run}/checkpoints/final.pt"], "checkpoints/ folder"),
+    "plot onto the metrics it reads": (["plot", "{run}", "--out", "{run}/metrics.jsonl"], "also an input"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_refused_and_nothing_changed(made, capsys, name):
+    argv, message = CASES[name]
+    files = sorted(p for p in made.rglob("*") if p.is_file())
+    before = {p: _sum(p) for p in files}
+    capsys.readouterr()
+    assert main([a.format(run=made / "run", s=made / "s") for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert sorted(p for p in made.rglob("*") if p.is_file()) == files
+    assert {p: _sum(p) for p in files} == before
+
+
+def test_the_run_still_samples_afterwards(made, tmp_path):
+    main(["evaluate", "--samples", str(made / "s" / "samples.npz"), "--checkpoint", str(made / "run"),
+          "--out", str(made / "run" / "checkpoints" / "final.pt")])
+    assert main(["sample", "--checkpoint", str(made / "run"), "--num-samples", "5", "--out", str(tmp_path / "again"),
+                 "--no-progress", "--no-diagnostics"]) == 0
+
+
+def test_a_fresh_report_and_a_rerun_are_written(made, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    for _ in range(2):  # an evaluate report of its own is replaced by the next one
+        assert main(["evaluate", "--samples", str(made / "s" / "samples.npz"), "--checkpoint", str(made / "run"),
+                     "--metrics", "fd", "--out", str(out)]) == 0
+    assert out.is_file()
