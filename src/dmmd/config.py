@@ -148,6 +148,7 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
+MAX_SEED = 2**32 - 1  # the seeds the random streams take without wrapping
 MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes
 
 
@@ -275,6 +276,8 @@ def validate(cfg: Config) -> None:
                           "dmmd sample --compile)")
     if not 0 < cfg.train.gp_fraction <= 1:
         raise ConfigError(f"train.gp_fraction must be in (0, 1], got {cfg.train.gp_fraction}")
+    if cfg.seed > MAX_SEED:  # larger seeds would wrap onto smaller ones (the same samples)
+        raise ConfigError(f"seed must be at most 2**32 - 1 = {MAX_SEED}, got {cfg.seed}")
     _check_scale(cfg.data)
     if cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size must be >= 2 (the unbiased MMD needs two samples per set)")

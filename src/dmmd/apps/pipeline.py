@@ -209,6 +209,10 @@ class Pipeline:
         or None (unconditional); guidance = w (default: sample.guidance). `sample_labels(n, class_)`
         gives the labels drawn."""
 
+        for name, value in (("n", n), ("seed", seed), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        config_mod.check_flag("seed", seed)  # the config's rule: 0 <= seed <= 2**32 - 1, as `--seed`
         if guidance is not None:
             overrides = {**overrides, "guidance": guidance}
         cfg = self.sample_config(nfe, sampler, **overrides)
