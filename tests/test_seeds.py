@@ -37,3 +37,11 @@ def test_the_largest_seed_differs_from_zero(pipe):
 def test_api_refuses_wrong_arguments_by_name(pipe, kwargs, name):
     with pytest.raises(ConfigError, match=name):
         pipe.sample(**{"n": 4, **kwargs})
+
+
+def test_diverged_samples_are_counted_loudly(pipe, tmp_path, capsys):
+    with pytest.warns(RuntimeWarning, match=r"4 of 4 samples hold NaN or Inf"):
+        pipe.sample(4, step_size=1e30)
+    assert main(["sample", "--checkpoint", str(pipe.source), "--num-samples", "4", "--set", "sample.step_size=1e30",
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert "warning: 4 of 4 samples hold NaN or Inf values" in capsys.readouterr().err

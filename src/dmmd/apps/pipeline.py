@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 import torch
@@ -221,6 +222,10 @@ class Pipeline:
                               f"a population) and batch_size >= 1; got n={n}, batch_size={batch_size}")
         labels = self.sample_labels(n, class_)
         z = self._draw(cfg, n, seed, progress, batch_size, labels)
+        bad = int((~torch.isfinite(z.flatten(1))).any(1).sum())
+        if bad:  # loud, with the count: the flow diverged (a step size far too large, most often)
+            warnings.warn(f"{bad} of {n} samples hold NaN or Inf values (the flow diverged); lower sample.step_size",
+                          RuntimeWarning, stacklevel=2)
         if self.autoencoder is not None:  # a latent model: images from its decoder
             z = decode(z, self.autoencoder)
         return to_data_space(cfg.data, z)

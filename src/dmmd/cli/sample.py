@@ -144,8 +144,10 @@ def run(args) -> int:
     if ae is not None:  # decoded: files, picture and diagnostics in pixel space as for any image model
         z, data, shape = decode(z, ae), pixels, ae.shape
     elapsed = time.time() - started
-    if not torch.isfinite(z).all():
-        print("warning: some samples are not finite; lower sample.step_size", file=sys.stderr)
+    bad = int((~torch.isfinite(z.flatten(1))).any(1).sum())
+    if bad:
+        print(f"warning: {bad} of {len(z)} samples hold NaN or Inf values (the flow diverged); lower "
+              "sample.step_size", file=sys.stderr)
     samples = to_data_space(cfg.data, z).numpy()
 
     def write_npz(fh):
