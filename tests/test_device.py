@@ -80,3 +80,15 @@ def test_compiled_ddpm_step_equals_eager(monkeypatch):
         state = new_state(cfg, (2,))
         losses.append([train_step(state, data, build_process(cfg.process), cfg)["loss"] for _ in range(2)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_threads_are_capped_at_the_cores():
+    import os
+
+    from dmmd.runtime.device import thread_guard
+
+    lines = []
+    with thread_guard(5000, echo=lines.append) as n:
+        assert n == torch.get_num_threads() == (os.cpu_count() or 1)
+    assert lines == [f"note: train.threads = 5000 is more than this machine's {os.cpu_count()} cores; using "
+                     f"{os.cpu_count()}"]

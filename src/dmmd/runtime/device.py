@@ -9,6 +9,7 @@ opt-in and leave the state dict unchanged, so checkpoints do not depend on them.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -61,6 +62,11 @@ def thread_guard(requested: int = 0, echo=None):
                 "note: torch was imported before dmmd, too late for OMP_WAIT_POLICY=PASSIVE (OpenMP threads "
                 f"would spin); using 1 CPU thread instead of {before}. Import dmmd before torch, or set "
                 "OMP_WAIT_POLICY=PASSIVE in the environment, to use more (or set train.threads).")
+    cores = os.cpu_count() or 1
+    if threads > cores:  # more threads than cores only contend (5000 made a 2-core machine's load ~1800)
+        (echo or (lambda text: print(text, file=sys.stderr)))(
+            f"note: train.threads = {threads} is more than this machine's {cores} cores; using {cores}")
+        threads = cores
     if threads:
         torch.set_num_threads(threads)
     try:
