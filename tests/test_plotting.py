@@ -72,3 +72,13 @@ def test_samples_picture_of_more_than_two_coordinates_is_pairwise(tmp_path):
     with Image.open(tmp_path / "p.png") as img:
         width, height = img.size
     assert abs(width - height) < 0.2 * width and width > 400  # a square 3 x 3 panel layout, not one scatter
+
+
+def test_png_folder_holds_exactly_the_new_set(tmp_path):
+    from dmmd.evaluation.plotting import save_png_folder
+
+    images = np.zeros((10, 1, 4, 4), dtype=np.float32)
+    save_png_folder(tmp_path, images)
+    (tmp_path / "notes.txt").write_text("mine")
+    save_png_folder(tmp_path, images[:4])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:06d}.png" for i in range(4)] + ["notes.txt"]

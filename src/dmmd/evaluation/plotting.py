@@ -45,7 +45,8 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
 
 def save_png_folder(folder: str | Path, images: np.ndarray) -> list[Path]:
     """One PNG per image (N, C, H, W) in [-1, 1]: folder/000000.png, ... (8-bit grey for C = 1,
-    RGB for C = 3), the layout clean-fid, pytorch-fid and torch-fidelity read."""
+    RGB for C = 3), the layout clean-fid, pytorch-fid and torch-fidelity read. PNGs of this naming
+    beyond the new count (an earlier, larger set) are removed; other files are left alone."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {images.shape}")
     folder = Path(folder)
@@ -56,6 +57,10 @@ def save_png_folder(folder: str | Path, images: np.ndarray) -> list[Path]:
         data = _png_bytes(pixels)
         atomic_write_bytes(path, lambda fh: fh.write(data))
         paths.append(path)
+    # an earlier, larger set written here: its extra PNGs would be counted with these by FID tools
+    for old in folder.glob("[0-9]" * 6 + ".png"):
+        if int(old.stem) >= len(paths) and old.is_file() and not old.is_symlink():
+            old.unlink()
     return paths
 
 
