@@ -62,3 +62,15 @@ def test_a_fresh_report_and_a_rerun_are_written(made, tmp_path, capsys):
         assert main(["evaluate", "--samples", str(made / "s" / "samples.npz"), "--checkpoint", str(made / "run"),
                      "--metrics", "fd", "--out", str(out)]) == 0
     assert out.is_file()
+
+
+def test_train_refuses_a_folder_of_the_users_files(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "log.txt").write_text("my notes\n")
+    (folder / "metrics.jsonl").write_text('{"mine": 1}\n')
+    before = {p.name: _sum(p) for p in folder.iterdir()}
+    assert main(["train", *TINY, "--out", str(folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holding files that are not a dmmd run (log.txt, metrics.jsonl)" in err
+    assert {p.name: _sum(p) for p in folder.iterdir()} == before
