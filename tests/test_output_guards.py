@@ -74,3 +74,19 @@ def test_train_refuses_a_folder_of_the_users_files(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holding files that are not a dmmd run (log.txt, metrics.jsonl)" in err
     assert {p.name: _sum(p) for p in folder.iterdir()} == before
+
+
+def test_calibrate_keeps_files_it_did_not_write(made, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    stats = run / "checkpoints" / "stats"
+    stats.mkdir(exist_ok=True)
+    torch.save({"mine": torch.ones(2)}, stats / "my_stats.pt")
+    before = _sum(stats / "my_stats.pt")
+    assert main(["calibrate", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--set", "sample.num_levels=4",
+                 "--no-progress"]) == 0
+    assert _sum(stats / "my_stats.pt") == before

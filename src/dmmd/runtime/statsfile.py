@@ -44,16 +44,28 @@ def lock_folder(checkpoint: Path) -> Path:
 
 
 def save(checkpoint: Path, stats: dict) -> Path:
-    """Write the statistics of `checkpoint` beside it (call while holding lock_folder's lock); files
-    of checkpoints that no longer exist are removed."""
+    """Write the statistics of `checkpoint` beside it (call while holding lock_folder's lock); statistics
+    files (this format) of checkpoints that no longer exist are removed; other files are left alone."""
     path = stats_path(checkpoint)
     path.parent.mkdir(exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "checkpoint": fingerprint(checkpoint), "stats": stats}
     ckpt.atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+    if path.parent.is_symlink():  # a folder the user linked in: nothing there is removed
+        return path
     for orphan in path.parent.glob("*.pt"):
-        if not (Path(checkpoint).parent / orphan.name).exists():
+        if (not (Path(checkpoint).parent / orphan.name).exists() and not orphan.is_symlink()
+                and _is_stats_file(orphan)):  # only statistics files this module wrote
             orphan.unlink(missing_ok=True)
     return path
+
+
+def _is_stats_file(path: Path) -> bool:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+            AttributeError, RecursionError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
 def load(checkpoint: Path, map_location="cpu") -> dict | None:
