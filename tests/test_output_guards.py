@@ -90,3 +90,36 @@ def test_calibrate_keeps_files_it_did_not_write(made, tmp_path):
     assert main(["calibrate", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--set", "sample.num_levels=4",
                  "--no-progress"]) == 0
     assert _sum(stats / "my_stats.pt") == before
+
+
+@pytest.mark.parametrize("command", ["sample", "calibrate", "resume"])
+def test_a_symlinked_lock_is_refused_and_its_target_kept(made, tmp_path, capsys, command):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (run / ".lock").symlink_to(target)
+    argv = {"sample": ["sample", "--checkpoint", str(run), "--num-samples", "5", "--out", str(run / "s"),
+                       "--no-progress"],
+            "calibrate": ["calibrate", "--checkpoint", str(run), "--set", "sample.num_levels=4", "--no-progress"],
+            "resume": ["train", "--resume", str(run), "--set", "train.steps=14", "--no-progress"]}[command]
+    if command == "sample":  # sample locks its output with .OUT.lock beside it
+        (run / ".lock").unlink()
+        (run / ".s.lock").symlink_to(target)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_fifo_lock_is_a_clean_error(made, tmp_path, capsys):
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    os.mkfifo(run / ".lock")
+    assert main(["calibrate", "--checkpoint", str(run), "--set", "sample.num_levels=4", "--no-progress"]) == 2
+    assert "not a regular file" in capsys.readouterr().err

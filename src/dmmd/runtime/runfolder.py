@@ -22,6 +22,7 @@ import fcntl
 import glob
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -56,10 +57,17 @@ def _holder(fd: int) -> str:
 
 def _acquire(path: Path, command: str) -> int:
     for _ in range(100):  # retried only when a releasing holder removed the file under us
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        if path.is_symlink():  # writing through it would change the file it points at
+            raise RunFolderError(f"the lock file {path} is a symbolic link (to {os.readlink(path)}); remove it")
+        try:  # no symlink followed, nothing but a regular file opened (a FIFO would block, then fail)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunFolderError(f"the lock file {path} is a symbolic link; remove it") from None
             raise RunFolderError(f"cannot create the lock file {path}: {err.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunFolderError(f"the lock file {path} is not a regular file (a FIFO or a device?); remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
