@@ -123,3 +123,17 @@ def test_a_fifo_lock_is_a_clean_error(made, tmp_path, capsys):
     os.mkfifo(run / ".lock")
     assert main(["calibrate", "--checkpoint", str(run), "--set", "sample.num_levels=4", "--no-progress"]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_symlinked_log_is_refused_and_its_target_kept(made, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(made / "run", run)
+    target = tmp_path / "diary.txt"
+    target.write_text("mine\n")
+    (run / "log.txt").unlink()
+    (run / "log.txt").symlink_to(target)
+    assert main(["train", "--resume", str(run), "--set", "train.steps=14", "--no-progress"]) == 2
+    assert "log.txt is a symbolic link" in capsys.readouterr().err
+    assert target.read_text() == "mine\n"

@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 from dmmd.evaluation.plotting import image_grid
 from dmmd.runtime.checkpoint import atomic_write_text
+from dmmd.runtime.runfolder import RunFolderError
 from dmmd.training.preview import preview_samples
 
 
@@ -47,6 +50,18 @@ def _tensorboard_writer(folder: Path, purge_step: int | None):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+def _append(path: Path, text: str) -> None:
+    """Append to a run's own file, never through a symbolic link (it would change the file linked to)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunFolderError(f"{path} is a symbolic link; a run writes its own {path.name}: remove the link") from None
+        raise
+    with os.fdopen(fd, "a") as fh:
+        fh.write(text)
 
 
 class RunLog:
@@ -84,16 +99,14 @@ class RunLog:
     def line(self, text: str, echo: bool = True) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "log.txt", "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        _append(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
         if self.echo and echo:
             self.echo(text)
 
     def metrics(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        _append(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
 
     def train(self, step: int, terms: dict) -> None:
         """A logging interval: a "train" record, a log.txt line with speed and ETA, scalars."""
