@@ -27,6 +27,9 @@ def run(args) -> int:
         raise ConfigError(f"{path} holds no records yet (train.log_every steps have not passed)")
     out = Path(args.out) if args.out else Path(args.run) / "losses.png"
     check_output_file(out, "--out" if args.out else "the picture", inputs=(path,))
-    save_loss_curves(out, records, title=str(args.run))
+    try:
+        save_loss_curves(out, records, title=str(args.run))
+    except ValueError as err:  # records without any loss term
+        raise ConfigError(f"{path}: {err}") from None
     print(f"loss curves: {out}")
     return 0

@@ -14,6 +14,7 @@ import errno
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,19 +30,47 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl (a line cut short by a kill is skipped); records written
-    before "kind" existed count as "val" when they hold val_loss only, else "train"."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "step" in record:
+MAX_RECORD_BYTES = 1 << 16  # a metrics.jsonl line is a few hundred bytes
+
+
+def read_metrics(path: str | Path, warn=None) -> list[dict]:
+    """The records of a metrics.jsonl, read line by line (a file of any size in bounded memory per
+    line). Lines that are not a record (cut short by a kill, invalid UTF-8 or JSON, no integer step,
+    non-numeric values, over MAX_RECORD_BYTES) are skipped, and `warn` (default: a note on stderr)
+    says how many. Records written before "kind" existed count as "val" when they hold val_loss only,
+    else "train"."""
+    records, skipped = [], 0
+    with open(path, "rb") as fh:
+        while True:
+            raw = fh.readline(MAX_RECORD_BYTES + 1)
+            if not raw:
+                break
+            if len(raw) > MAX_RECORD_BYTES:  # skip the rest of an overlong line
+                while raw and not raw.endswith(b"\n"):
+                    raw = fh.readline(MAX_RECORD_BYTES + 1)
+                skipped += 1
+                continue
+            record = _record(raw)
+            if record is None:
+                skipped += bool(raw.strip())
+                continue
             record.setdefault("kind", "val" if "val_loss" in record and "loss" not in record else "train")
             records.append(record)
+    if skipped:
+        (warn or (lambda text: print(text, file=sys.stderr)))(
+            f"note: {path}: skipped {skipped} line(s) that are not metrics records")
     return records
+
+
+def _record(raw: bytes) -> dict | None:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if (not isinstance(record, dict) or isinstance(record.get("step"), bool) or not isinstance(record.get("step"), int)
+            or any(isinstance(v, bool) or not isinstance(v, (int, float, str, type(None))) for v in record.values())):
+        return None
+    return record
 
 
 def _tensorboard_writer(folder: Path, purge_step: int | None):
