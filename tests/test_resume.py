@@ -48,7 +48,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     assert main(["train", *ARGS, "--out", str(reference), "--no-progress"]) == 0
 
     run = tmp_path / "killed"
-    kill_at = sorted(np.random.default_rng(0).choice(np.arange(3, STEPS - 2), size=3, replace=False).tolist())
+    kill_at = sorted(np.random.default_rng(0).choice(np.arange(3, STEPS - 2), size=2, replace=False).tolist())
     proc = _train(["train", *ARGS, "--out", str(run)], env)
     kills = 0
     for target in kill_at:
