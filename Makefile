@@ -25,9 +25,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dmmd.demo
 
-# two pytest workers (pytest-xdist), each test file on one worker: its module fixtures train once
+# one process: about 275 CPU-s; two workers (PYTEST_ARGS="-n 2 --dist loadfile") finish sooner on two cores
+# but spend about 10% more CPU (two collections, and the cores contend)
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(PY) -m pytest tests -n 2 --dist loadfile
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # the cost benchmarks against their targets (15-20 minutes on 2 cores): benchmarks/results/summary.md
 bench: $(STAMP)
