@@ -148,6 +148,15 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
+def stored_run(cfg: Config) -> Config:
+    """The config of a run that training wrote (its config.json or checkpoint), in place: training
+    records the map an array file was scaled with, so an "auto" there comes from a run made before
+    data.scale existed, which used the file's values as they are ("none")."""
+    if cfg.data.name == "file" and cfg.data.scale == "auto":
+        cfg.data.scale = "none"
+    return cfg
+
+
 MAX_SEED = 2**32 - 1  # the seeds the random streams take without wrapping
 MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes
 

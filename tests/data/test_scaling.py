@@ -87,3 +87,12 @@ def test_short_run_samples_come_back_in_the_data_units(tmp_path, capsys, name):
     lo, hi, spread = float(array.min()), float(array.max()), float(array.std())
     assert lo - spread < np.median(samples) < hi + spread  # in the data's units: not in model scale
     assert 0.3 < samples.std() / spread < 3.0, (samples.std(), spread)
+
+
+def test_a_run_made_before_data_scale_keeps_its_values(tmp_path):
+    """A stored run config without data.scale (written before it existed) used the file as it is."""
+    old = config.from_dict({"data": {"name": "file", "root": "x.npz"}})
+    assert old.data.scale == "auto" and config.stored_run(old).data.scale == "none"
+    new = config.from_dict({"data": {"name": "file", "root": "x.npz", "scale": "0,255"}})
+    assert config.stored_run(new).data.scale == "0,255"
+    assert config.stored_run(config.from_dict({"data": {"name": "digits"}})).data.scale == "auto"

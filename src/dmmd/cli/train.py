@@ -44,8 +44,9 @@ def run(args) -> int:
         if not (run_dir / "config.json").is_file():
             raise config.ConfigError(f"{run_dir} is not a run folder (no config.json); pass the folder `dmmd train` wrote")
         flags = [f"{k}={v}" for k, v in (("method", args.method), ("seed", args.seed)) if v is not None]
-        cfg = config.load(run_dir / "config.json", [*args.overrides, *flags])
-        check_resume(config.load(run_dir / "config.json"), cfg, f"{run_dir / 'config.json'} holds the run")
+        cfg = config.stored_run(config.load(run_dir / "config.json", [*args.overrides, *flags]))
+        check_resume(config.stored_run(config.load(run_dir / "config.json")), cfg,
+                     f"{run_dir / 'config.json'} holds the run")
     else:
         overrides = list(args.overrides)
         if args.method:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from dmmd.config import Config, ConfigError, ProcessConfig, SampleConfig, from_dict
+from dmmd.config import Config, ConfigError, ProcessConfig, SampleConfig, from_dict, stored_run
 from dmmd.math.noising import BlurProcess, Process, VPProcess
 from dmmd.methods.ddpm import add_missing_skip, build_eps_net
 from dmmd.methods.discriminator import build_discriminator
@@ -39,7 +39,7 @@ def load_model(path, device: str | torch.device = "cpu"):
     path = ckpt.resolve(path)  # once: `latest` may move on while training runs
     payload = ckpt.load(path, map_location=device)
     try:
-        cfg = from_dict(payload["config"])
+        cfg = stored_run(from_dict(payload["config"]))
     except (ConfigError, TypeError, KeyError) as err:
         raise ckpt.CheckpointError(f"checkpoint config is not valid for this dmmd: {err}") from None
     shape = tuple(payload.get("data_shape") or ())
