@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-
 MIN_ROUNDS = 5  # timed rounds of a full (not --quick) run
 
 

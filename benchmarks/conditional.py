@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from dmmd.methods.conditional import sample_labels
 from dmmd.data.datasets import load_dataset
 from dmmd.evaluation.classwise import acceptance, per_class_report
-from dmmd.methods.latent import decode, encode_dataset, for_config
 from dmmd.methods.build import build_process, flow_settings, load_model
+from dmmd.methods.conditional import sample_labels
+from dmmd.methods.latent import decode, encode_dataset, for_config
 from dmmd.methods.sample import calibrate, needs_calibration, sample
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from dmmd.data.datasets import load_dataset
+from dmmd.evaluation.report import sample_report
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.sample import calibrate, sample
-from dmmd.evaluation.report import sample_report
 
 
 def main() -> None:

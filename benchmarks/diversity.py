@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from dmmd.data.datasets import load_dataset
+from dmmd.evaluation.report import eight_gaussians_scores, sample_report
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.sample import calibrate, sample
-from dmmd.evaluation.report import eight_gaussians_scores, sample_report
 
 
 def settings_grid(quick: bool):

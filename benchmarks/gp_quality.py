@@ -17,7 +17,6 @@ Writes OUT.json and OUT.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys

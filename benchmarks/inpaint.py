@@ -73,8 +73,8 @@ def ensure_run(method: str, given: dict) -> Path:
 
 
 def score(model, x: np.ndarray, labels: np.ndarray, mask_name: str, variant, seed: int) -> tuple[dict, np.ndarray]:
-    from dmmd.math.inpaint import named_mask
     from dmmd.apps.inpaint import complete, evaluations, inpaint_metrics, merge, to_model
+    from dmmd.math.inpaint import named_mask
 
     cfg0, disc, stats, process = model
     cfg = copy.deepcopy(cfg0)
@@ -107,9 +107,9 @@ def summarise(reports: list[dict]) -> dict:
 
 def picture(path: Path, x: np.ndarray, rows: dict, data: str = "digits", shape=(1, 8, 8), title: str = "") -> None:
     """Rows of 16 images: originals, bottom-masked inputs, then each entry of `rows` (data space)."""
-    from dmmd.math.inpaint import named_mask
     from dmmd.apps.inpaint import to_model
     from dmmd.evaluation.plotting import save_image_grid
+    from dmmd.math.inpaint import named_mask
 
     k = 16
     orig = to_model(x[:k], data, shape)
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the held-out report")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from dmmd.data.datasets import load_digits, to_data_space
+    from dmmd.data.datasets import load_digits
+    from dmmd.data.scaling import to_data_space
     from dmmd.methods.build import build_process, load_model
 
     given = dict(item.split("=", 1) for item in args.runs)

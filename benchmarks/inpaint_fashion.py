@@ -67,7 +67,8 @@ def ensure_run(method: str, given: dict, work: Path) -> Path:
 
 def heldout_file(work: Path, n: int) -> Path:
     """The first n test images (uint8, data space 0..255) and their labels."""
-    from dmmd.data.datasets import load_fashion_mnist_dataset, to_data_space
+    from dmmd.data.datasets import load_fashion_mnist_dataset
+    from dmmd.data.scaling import to_data_space
 
     data = load_fashion_mnist_dataset()
     x = to_data_space("fashion_mnist", data.test[:n]).round().numpy()

@@ -51,8 +51,7 @@ def main(argv=None) -> int:
     from dmmd.apps.compare import score
     from dmmd.data.datasets import load_dataset
     from dmmd.methods.build import build_process, flow_settings, load_model
-    from dmmd.methods.sample import calibrate, needs_calibration, sample
-    from dmmd.methods.sample import settings_for_nfe
+    from dmmd.methods.sample import calibrate, needs_calibration, sample, settings_for_nfe
     from dmmd.training.loop import train
 
     run = Path(args.run)

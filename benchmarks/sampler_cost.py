@@ -74,13 +74,13 @@ from _timing import (
     verdict,
 )
 
-from dmmd.methods import sample as pipeline
-from dmmd.runtime.checkpoint import atomic_write_text
 from dmmd.config import load
-from dmmd.methods.discriminator import build_discriminator
 from dmmd.math.noising import time_grid
+from dmmd.methods import sample as pipeline
 from dmmd.methods.build import build_model, build_process
+from dmmd.methods.discriminator import build_discriminator
 from dmmd.methods.mmd_flow import FlowSettings, ParticleNoise, approx_flow, exact_flow
+from dmmd.runtime.checkpoint import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 APPROX_TARGET, EXACT_TARGET, SLOPE_RANGE = 1.10, 1.15, (0.9, 1.1)

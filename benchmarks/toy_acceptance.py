@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from dmmd.evaluation.report import eight_gaussians_scores
 from dmmd.methods.build import build_process, load_model
 from dmmd.methods.sample import sample
-from dmmd.evaluation.report import eight_gaussians_scores
 
 
 def main() -> None:

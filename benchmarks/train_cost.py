@@ -71,10 +71,10 @@ from _timing import (
     verdict,
 )
 
-from dmmd.runtime.checkpoint import atomic_write_text
 from dmmd.config import load
-from dmmd.methods.ddpm import ddpm_loss
 from dmmd.methods.build import build_process
+from dmmd.methods.ddpm import ddpm_loss
+from dmmd.runtime.checkpoint import atomic_write_text
 from dmmd.training.loop import train_step
 from dmmd.training.state import new_state
 
