@@ -13,7 +13,6 @@ import tomllib
 import typing
 from pathlib import Path
 
-
 # the config's types live in dmmd.schema; they are part of this module's interface
 from dmmd.schema import (  # noqa: F401
     AutoencoderConfig,
@@ -241,20 +240,24 @@ def apply_method_defaults(cfg: Config, in_file: set[str] = frozenset(), overridd
                 set_value(cfg, key, value)
 
 
+def parse_range(scale: str) -> tuple[float, float] | None:
+    """(lo, hi) of a data.scale "LO,HI", None for "none" and "auto"; ConfigError when malformed."""
+    if scale in ("none", "auto"):
+        return None
+    try:
+        lo, hi = (float(v) for v in scale.split(","))
+    except ValueError:
+        raise ConfigError(f"data.scale must be auto, none or LO,HI (e.g. 0,255), got {scale!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"data.scale {scale!r}: need finite LO < HI")
+    return lo, hi
+
+
 def _check_scale(d: DataConfig) -> None:
     """data.scale: auto, none or LO,HI (finite, LO < HI); other data sets than files keep their own map."""
-    if d.scale in ("auto", "none"):
-        if d.scale == "none" and d.name != "file":
-            raise ConfigError(f"data.scale applies to data.name = 'file'; {d.name!r} has its own scaling (leave auto)")
-        return
-    if d.name != "file":
+    if d.scale != "auto" and d.name != "file":
         raise ConfigError(f"data.scale applies to data.name = 'file'; {d.name!r} has its own scaling (leave auto)")
-    try:
-        lo, hi = (float(v) for v in d.scale.split(","))
-    except ValueError:
-        raise ConfigError(f"data.scale must be auto, none or LO,HI (e.g. 0,255), got {d.scale!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ConfigError(f"data.scale {d.scale!r}: need finite LO < HI")
+    parse_range(d.scale)
 
 
 def validate(cfg: Config) -> None:

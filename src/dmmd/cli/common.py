@@ -64,3 +64,13 @@ def sample_config(args, cfg):
         config.set_value(cfg, key.strip(), value.strip())
     config.validate(cfg)
     return cfg
+
+
+def device_and_dry_run(args, cfg) -> bool:
+    """--device sets train.device (checked); True when --dry-run printed the resolved config instead."""
+    if args.device:
+        config.set_value(cfg, "train.device", args.device)
+        config.validate(cfg)
+    if args.dry_run:
+        print(config.to_json(cfg))
+    return args.dry_run

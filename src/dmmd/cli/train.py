@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from dmmd import config
-from dmmd.cli.common import add_config_args, config_source, next_run_dir
+from dmmd.cli.common import add_config_args, config_source, device_and_dry_run, next_run_dir
 from dmmd.data.datasets import load_dataset
 from dmmd.methods.conditional import training_labels
 from dmmd.methods.latent import latent_data
@@ -54,11 +54,7 @@ def run(args) -> int:
         if args.seed is not None:  # validated like --set seed=...
             overrides.append(f"seed={args.seed}")
         cfg = config.load(config_source(args), overrides)
-    if args.device:
-        config.set_value(cfg, "train.device", args.device)
-        config.validate(cfg)
-    if args.dry_run:
-        print(config.to_json(cfg))
+    if device_and_dry_run(args, cfg):
         return 0
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks and prints
     if not args.resume:

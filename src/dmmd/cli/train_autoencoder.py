@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmmd import config
-from dmmd.cli.common import add_config_args, config_source, next_run_dir
+from dmmd.cli.common import add_config_args, config_source, device_and_dry_run, next_run_dir
 from dmmd.data.datasets import load_dataset
 from dmmd.runtime.runfolder import check_output_dir, enter, hold, remove_stale_temps
 from dmmd.training.autoencoder import train_autoencoder
@@ -36,11 +36,7 @@ def run(args) -> int:
         cfg = config.load(config_source(args), args.overrides)
         default = next_run_dir(cfg)
         out = Path(args.out or cfg.model.latent or default.with_name(default.name.rsplit("-", 1)[0] + "-autoencoder"))
-    if args.device:
-        config.set_value(cfg, "train.device", args.device)
-        config.validate(cfg)
-    if args.dry_run:
-        print(config.to_json(cfg))
+    if device_and_dry_run(args, cfg):
         return 0
     check_output_dir(out, "--resume" if args.resume else "--out")
     enter(hold(out, "dmmd train-autoencoder"))

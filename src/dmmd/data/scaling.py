@@ -18,29 +18,13 @@ they were trained.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from torch import Tensor
 
-from dmmd.config import DataConfig
+from dmmd.config import DataConfig, parse_range
 from dmmd.data.toys import TOYS
 
 FAR_FROM_UNIT = (0.05, 20.0)  # a vector data set's standard deviation outside this is standardised under auto
-
-
-def parse_range(scale: str) -> tuple[float, float] | None:
-    """(lo, hi) of a "LO,HI" scale, None for "none" and "auto" (ValueError when malformed)."""
-    if scale in ("none", "auto"):
-        return None
-    parts = scale.split(",")
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"data.scale must be auto, none or LO,HI (e.g. 0,255), got {scale!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"data.scale {scale!r}: need finite LO < HI")
-    return lo, hi
 
 
 def _range_text(lo: float, hi: float) -> str:
@@ -53,9 +37,7 @@ def choose_scale(array: np.ndarray) -> tuple[str, str]:
     integer = np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
     if array.ndim == 4 or integer:
         what = f"images of {array.dtype} values in [{lo:g}, {hi:g}]"
-        if integer and lo >= 0 and hi <= 1:
-            rng = (0.0, 1.0)
-        elif lo >= 0 and hi <= 1 and not integer:
+        if lo >= 0 and hi <= 1:
             rng = (0.0, 1.0)
         elif lo >= -1 and hi <= 1:
             return "none", f"data: {what}, already in [-1, 1]: used as they are"

@@ -159,16 +159,13 @@ SPREAD_WARN = 0.5
 SAFE_GUIDANCE = {"dmmd": 0.5, "fm": 1.0, "ddpm": 2.0}
 
 
-def _ratio(a, b) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def collapse_figure(diversity: dict, one_class: bool = False) -> str | None:
     """The figure of a sample report that says the samples collapsed, in words, or None."""
     share, held = diversity.get("near_duplicate_share"), diversity.get("near_duplicate_share_heldout", 0.0)
     if share is not None and share >= NEAR_DUPLICATE_WARN and share > 2 * held:
         return f"{share:.0%} of the samples have a near-copy among the others (held-out data: {held:.0%})"
-    spread = _ratio(diversity.get("median_nn_samples_equal_size"), diversity.get("median_nn_heldout_equal_size"))
+    samples_nn, heldout_nn = (diversity.get(f"median_nn_{k}_equal_size") for k in ("samples", "heldout"))
+    spread = samples_nn / heldout_nn if samples_nn is not None and heldout_nn else None
     if spread is not None and spread < SPREAD_WARN:
         return (f"the samples bunch together (median distance to the nearest other sample {spread:.2f} x that of "
                 "as many held-out points)")

@@ -323,16 +323,14 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         bar.update(1)
         if "skipped" in record:
             log.line(f"step {state.step}: skipped (non-finite {record['skipped']})")
-            log_now = False
         else:
             for key, value in record.items():  # the interval's values: the log shows their mean
                 interval.setdefault(key, []).append(float(value))
-            log_now = state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps
-        if log_now:
-            means = {f"{k}_mean": sum(v) / len(v) for k, v in interval.items() if k != "grad_norm"}
-            interval.clear()
-            log.train(state.step, {**record, **means})
-            bar.set_postfix({k[:-5]: f"{v:.3g}" for k, v in means.items()})
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+                means = {f"{k}_mean": sum(v) / len(v) for k, v in interval.items() if k != "grad_norm"}
+                interval.clear()
+                log.train(state.step, {**record, **means})
+                bar.set_postfix({k[:-5]: f"{v:.3g}" for k, v in means.items()})
         if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps and ctx.is_main:
             save_checkpoint(state, cfg, run_dir, val_loss=held_out(state, log))
     bar.close()
