@@ -3,7 +3,7 @@ import json
 import pytest
 from test_cli import TINY
 
-from dmmd.apps.compare import METHODS, candidates, dmmd_grid
+from dmmd.apps.compare import METHODS, candidates, dmmd_grid, equal_sampling_cpu, verdict_lines
 from dmmd.cli import main
 
 
@@ -17,7 +17,7 @@ def test_every_method_tries_the_same_number_of_settings():
     assert len({len(candidates(m)) for m in METHODS}) == 1
 
 
-def test_compare_is_fair_by_construction(tmp_path):
+def test_compare_is_fair_by_construction(tmp_path, capsys):
     """Three methods, equal CPU budgets scored at two points, every candidate at every NFE, the
     tuned row chosen on the training split, tables and pictures written."""
     out = tmp_path / "cmp"
@@ -41,6 +41,16 @@ def test_compare_is_fair_by_construction(tmp_path):
     text = (out / "compare.md").read_text()
     assert "| fm | tuned |" in text and "| ddpm | default |" in text
     assert (out / "metric_vs_nfe.png").stat().st_size > 1000
+    # every method at the same CPU points: DMMD's end-of-training calibration is inside its budget (measured
+    # and kept back); DMMD trains first and carries the process's one-off start-up (about 1 CPU-s here)
+    assert result["runs"]["dmmd"][0]["end_of_training_cpu_s"] > 0 == result["runs"]["fm"][0]["end_of_training_cpu_s"]
+    for method in ("ddpm", "fm"):
+        for run in result["runs"][method]:
+            assert abs(run["train_cpu_s"] - run["point"] * 1.0) <= 0.3, (method, run)
+    assert all(r["sampling_cpu_s_per_1000"] > 0 for r in rows)
+    assert len(result["verdict"]) == 2 and "At equal sampling CPU" in text
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-3:-1] == result["verdict"] and printed[-3].startswith("NFE 2: lower ")
     # a second race into the same folder is refused before any compute, nothing overwritten
     assert main(["compare", *TINY, "--budget", "2", "--out", str(out), "--no-progress"]) == 2
     assert json.loads((out / "compare.json").read_text()) == result
@@ -51,3 +61,22 @@ def test_compare_is_fair_by_construction(tmp_path):
 def test_compare_rejects_bad_options(capsys, args, message):
     assert main(["compare", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def _row(method, nfe, metric, cost):
+    return {"method": method, "nfe": nfe, "metric": metric, "metric_name": "FD", "budget_point": 1.0,
+            "chosen": True, "sampling_cpu_s_per_1000": cost}
+
+
+def test_verdict_and_equal_sampling_cpu_view():
+    rows = [_row("dmmd", 10, 60.0, 4.0), _row("fm", 10, 12.0, 1.0), _row("ddpm", 10, 24.0, 1.0),
+            _row("dmmd", 20, 10.0, 8.0), _row("fm", 20, 11.0, 2.0), _row("ddpm", 20, 20.0, 2.0),
+            _row("fm", 50, 9.0, 5.0), _row("ddpm", 50, 15.0, 5.0), _row("fm", 100, 8.0, 10.0)]
+    result = {"rows": rows, "points": [1.0], "nfes": [10, 20]}
+    assert verdict_lines(result) == ["NFE 10: lower FD: fm (12) by 2.00x over ddpm (24); dmmd 60",
+                                     "NFE 20: lower FD: dmmd (10) by 1.10x over fm (11); ddpm 20"]
+    view = {e["nfe"]: e["others"] for e in equal_sampling_cpu(result)}
+    # DMMD NFE 10 costs 4 s: fm's best within it is NFE 20 (2 s); at 8 s fm's NFE 50 (5 s) fits, NFE 100 (10 s) not
+    assert view[10]["fm"]["nfe"] == 20 and view[20]["fm"]["nfe"] == 50 and view[20]["ddpm"]["metric"] == 15.0
+    cheap = equal_sampling_cpu({**result, "rows": [_row("dmmd", 10, 5.0, 0.5), _row("fm", 10, 6.0, 1.0)]})
+    assert cheap[0]["others"]["fm"]["within"] is False  # no fm NFE as cheap: its cheapest, marked

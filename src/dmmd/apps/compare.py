@@ -5,8 +5,12 @@
 - Same training budget in CPU seconds (time.process_time at one thread; wall time reported
   beside it): each method trains until its CPU time reaches each point of `points` (e.g. 25, 50
   and 100% of the budget), and is scored at every point, so the table shows who has converged.
-  The replay DMMD's default sampler needs is made at the end of training, inside its budget;
-  replays for other sampler settings are reported apart (replay_cpu_s), like sampling time.
+  The replay DMMD's default sampler needs is made at the end of training, inside its budget: its
+  cost is measured once before training (on the untrained network, the same compute) and training
+  stops that much earlier, so every method reaches the same CPU points. Replays for other sampler
+  settings are reported apart (replay_cpu_s), like sampling time.
+- Two axes of compute: every row carries its sampling CPU seconds per 1000 samples, and the
+  table gains a view at equal sampling CPU (each method's best NFE within the cost of DMMD's).
 - Same care for every sampler: at each NFE every method tries the same number of sampler
   settings (`candidates`: its default and its natural alternative), each scored on the training
   split (selection) and on held-out data (report); the row chosen on the training split is the
@@ -37,7 +41,7 @@ from dmmd.evaluation.fashion_net import fashion_scores
 from dmmd.evaluation.metrics import energy_distance, frechet_distance
 from dmmd.evaluation.plotting import image_grid, save_samples_picture
 from dmmd.evaluation.report import eight_gaussians_scores, reconstruction_floor
-from dmmd.methods.build import build_process, flow_settings
+from dmmd.methods.build import build_model, build_process, flow_settings
 from dmmd.methods.latent import decode, for_config, latent_data
 from dmmd.methods.sample import calibrate, dmmd_split, needs_calibration, sample, settings_for_nfe
 from dmmd.methods.sample import nfe as evaluations
@@ -112,6 +116,17 @@ def _sampler_config(cfg: config_mod.Config, nfe: int, change: dict) -> config_mo
     return c
 
 
+def end_of_training_cpu(cfg: config_mod.Config, model_data: Dataset, process) -> float:
+    """CPU seconds the work after the last training step costs: DMMD's calibration (level means and
+    the replay), timed on an untrained network of the same shape (the same compute); 0 for the others."""
+    if cfg.method != "dmmd":
+        return 0.0
+    model = build_model(cfg, model_data.shape).eval().requires_grad_(False)
+    cpu = time.process_time()
+    calibrate(model, cfg, model_data.train, process, None)
+    return time.process_time() - cpu
+
+
 def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, seed, point, selection_ref,
                  model_data: Dataset | None = None, to_pixels=None):
     """Every candidate at every NFE: held-out and training-split scores; the chosen (tuned) row per NFE.
@@ -141,6 +156,7 @@ def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, se
                            "Ns": s.steps_per_level if method == "dmmd" else "-",
                            "eta": s.step_size if method == "dmmd" else (s.ddim_eta if s.sampler == "ddim" else "-"),
                            "train_metric": train_metric, "cpu_seconds_per_sample": cpu / num_samples,
+                           "sampling_cpu_s_per_1000": 1000 * cpu / num_samples,
                            "wall_seconds_per_sample": wall / num_samples, **held})
             grids[(label, nfe)] = z
         finite = [t for t in trials if np.isfinite(t["train_metric"])] or trials
@@ -181,12 +197,14 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
             c = method_config(cfg, method)
             c.train.steps, c.train.threads, c.train.best_by = 10**9, 1, "none"  # the budget stops training
             spent_cpu, spent_wall, steps = 0.0, 0.0, []
+            reserve = end_of_training_cpu(c, model_data, process)  # counted in the budget at every point
             for point in sorted(points):
                 target = point * budget
                 cpu, wall = time.process_time(), time.time()
-                echo(f"training {method} to {target:.0f} CPU-s")
+                echo(f"training {method} to {target:.0f} CPU-s" + (f" ({reserve:.1f} of them for the end-of-"
+                                                                   "training calibration)" if reserve else ""))
                 state = train(c, model_data.train, out / method, resume=spent_cpu > 0, progress=progress,
-                              max_seconds=max(0.0, target - spent_cpu), clock=time.process_time)
+                              max_seconds=max(0.0, target - spent_cpu - reserve), clock=time.process_time)
                 spent_cpu += time.process_time() - cpu
                 spent_wall += time.time() - wall
                 model = state.ema.module.eval().requires_grad_(False)
@@ -194,7 +212,8 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
                                                               nfes, num_samples, seed, point, selection_ref,
                                                               model_data, to_pixels)
                 steps.append({"point": point, "step": state.step, "train_cpu_s": round(spent_cpu, 1),
-                              "train_wall_s": round(spent_wall, 1), "replay_cpu_s": round(calibration_cpu, 1)})
+                              "train_wall_s": round(spent_wall, 1), "replay_cpu_s": round(calibration_cpu, 1),
+                              "end_of_training_cpu_s": round(reserve, 2)})
                 for r in new:
                     r.update(train_cpu_s=round(spent_cpu, 1), train_step=state.step)
                 rows += new
@@ -211,6 +230,8 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
                            "the best is the 'tuned' row, reported on held-out data",
               "candidates": {m: [label for label, _ in candidates(m)] for m in methods},
               "latent": cfg.model.latent or None, "reconstruction_floor": floor}
+    result["verdict"] = verdict_lines(result)
+    result["equal_sampling_cpu"] = equal_sampling_cpu(result)
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=float) + "\n")
     atomic_write_text(out / "compare.md", markdown(result))
     final = [r for r in rows if r["budget_point"] == max(points)]
@@ -251,9 +272,23 @@ def markdown(result: dict) -> str:
             for key, label in (("default", "default"), ("chosen", "tuned")):
                 lines.append(f"| {m} | {label} | {run['train_cpu_s']:.0f} ({run['step']}) | "
                              + " | ".join(cell(m, point, n, key) for n in nfes) + " |")
+    lines += ["", "Verdict at the full budget (tuned samplers, held-out data):", ""]
+    lines += [f"- {v}" for v in verdict_lines(result)]
+    view = equal_sampling_cpu(result)
+    if view and len(methods) > 1:
+        others = [m for m in methods if m != "dmmd"]
+        lines += ["", "At equal sampling CPU (full budget, tuned samplers): each other method's best NFE whose "
+                  "sampling CPU per 1000 samples (one thread) is at most DMMD's; '!' marks a method with no NFE "
+                  "that cheap (its cheapest shown).", "",
+                  "| DMMD NFE | DMMD CPU-s / 1000 | dmmd | " + " | ".join(others) + " |",
+                  "|---" * (3 + len(others)) + "|"]
+        for e in view:
+            cells = [f"{o['metric']:.3g} (NFE {o['nfe']}, {o['cpu_s_per_1000']:.2g} s){'' if o['within'] else ' !'}"
+                     for o in (e["others"][m] for m in others)]
+            lines.append(f"| {e['nfe']} | {e['dmmd_cpu_s_per_1000']:.2g} | {e['dmmd']:.3g} | " + " | ".join(cells) + " |")
     lines += ["", f"Every setting at {last:.0%} of the budget (held-out {name}, near-duplicate share, "
-              "nearest-training distance over held-out's, CPU s per sample):", "",
-              "| method | setting | NFE (used) | T x N_s | eta | metric | train-split metric | near-dup | NN-to-train | CPU s / sample |",
+              "nearest-training distance over held-out's, sampling CPU s per 1000 samples at one thread):", "",
+              "| method | setting | NFE (used) | T x N_s | eta | metric | train-split metric | near-dup | NN-to-train | CPU s / 1000 |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["budget_point"] != last:
@@ -262,8 +297,46 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['method']} | {r['setting']}{' *' if r['chosen'] else ''} | {r['nfe']} ({r['nfe_used']}) | "
                      f"{r['T']} x {r['Ns']} | {eta} | {r['metric']:.4g} | {r['train_metric']:.4g} | "
                      f"{r.get('near_duplicates', float('nan')):.3f} | {r.get('nn_to_train_ratio', float('nan')):.2f} | "
-                     f"{r['cpu_seconds_per_sample']:.2e} |")
+                     f"{1000 * r['cpu_seconds_per_sample']:.3g} |")
     return "\n".join(lines) + "\n\n(* = chosen on the training split)\n"
+
+
+def _tuned(rows: list[dict], point: float) -> list[dict]:
+    return [r for r in rows if r["budget_point"] == point and r["chosen"]]
+
+
+def verdict_lines(result: dict) -> list[str]:
+    """One line per NFE at the full budget: which method's tuned sampler has the lower metric, by what factor."""
+    rows = _tuned(result["rows"], max(result["points"]))
+    lines = []
+    for nfe in result["nfes"]:
+        ranked = sorted((r for r in rows if r["nfe"] == nfe and math.isfinite(r["metric"])), key=lambda r: r["metric"])
+        if len(ranked) < 2:
+            continue
+        best, rest = ranked[0], ranked[1:]
+        others = "; ".join(f"{r['method']} {r['metric']:.3g}" for r in rest[1:])
+        lines.append(f"NFE {nfe}: lower {best['metric_name']}: {best['method']} ({best['metric']:.3g}) by "
+                     f"{rest[0]['metric'] / best['metric']:.2f}x over {rest[0]['method']} ({rest[0]['metric']:.3g})"
+                     + (f"; {others}" if others else ""))
+    return lines
+
+
+def equal_sampling_cpu(result: dict) -> list[dict]:
+    """At the full budget, for each NFE of DMMD's tuned sampler: every other method's best tuned row
+    whose sampling CPU per 1000 samples is at most DMMD's (its cheapest row, marked, when none is)."""
+    rows = _tuned(result["rows"], max(result["points"]))
+    out = []
+    for d in (r for r in rows if r["method"] == "dmmd"):
+        cost = d["sampling_cpu_s_per_1000"]
+        entry = {"nfe": d["nfe"], "dmmd_cpu_s_per_1000": cost, "dmmd": d["metric"], "others": {}}
+        for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dmmd"):
+            mine = [r for r in rows if r["method"] == m]
+            within = [r for r in mine if r["sampling_cpu_s_per_1000"] <= cost]
+            pick = min(within, key=lambda r: r["metric"]) if within else min(mine, key=lambda r: r["sampling_cpu_s_per_1000"])
+            entry["others"][m] = {"nfe": pick["nfe"], "metric": pick["metric"], "within": bool(within),
+                                  "cpu_s_per_1000": pick["sampling_cpu_s_per_1000"]}
+        out.append(entry)
+    return out
 
 
 def plot_metric(path: Path, rows: list[dict], title: str = "") -> None:

@@ -67,8 +67,10 @@ def run(args) -> int:
         raise config.ConfigError(f"{out} already holds a race ({', '.join(leftovers)}): choose another --out")
     data = load_dataset(cfg.data, cfg.seed)
     enter(hold(out, "dmmd compare"))  # one writer per race folder
-    run_compare(cfg, data, out, nfes, args.num_samples, args.budget, points, methods,
-                progress=not args.no_progress)
+    result = run_compare(cfg, data, out, nfes, args.num_samples, args.budget, points, methods,
+                         progress=not args.no_progress)
     print((Path(args.out) / "compare.md").read_text())
+    for line in result["verdict"]:  # the table's verdict again, last, where a reader looks
+        print(line)
     print(f"wrote {Path(args.out) / 'compare.json'} and pictures")
     return 0

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from functools import lru_cache
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,11 +24,20 @@ from dmmd.data.datasets import Dataset, load_digits
 from dmmd.data.toys import EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD, eight_gaussians_centres
 from dmmd.evaluation import metrics as m
 from dmmd.evaluation.digits_net import digits_scores
-from dmmd.evaluation.diversity import distinct_share, diversity_report, median_nn_distance, mode_report
-from dmmd.evaluation.fashion_net import class_report as fashion_class_report
-from dmmd.evaluation.fashion_net import fashion_scores
+from dmmd.evaluation.diversity import (
+    distinct_share,
+    diversity_report,
+    kth_nearest_distance,
+    median,
+    median_nn_distance,
+    mode_report,
+    rms_radius,
+)
+from dmmd.evaluation.fashion_net import fashion_scores, features_and_logits
 from dmmd.evaluation.metrics import frechet_distance
 from dmmd.methods.latent import Autoencoder, decode, encode
+from dmmd.runtime.checkpoint import atomic_write_bytes
+from dmmd.runtime.runfolder import RunFolderError
 
 
 @lru_cache(maxsize=1)
@@ -41,14 +52,29 @@ def digits_classifier():
     return clf
 
 
-def class_report(samples: Tensor, heldout: Tensor) -> dict:
-    clf = digits_classifier()
-    probs = clf.predict_proba(samples.flatten(1).clamp(-1, 1).numpy())
-    held = clf.predict_proba(heldout.flatten(1).numpy())
-    shares = np.bincount(probs.argmax(1), minlength=10) / len(probs)
-    return {"class_shares": [round(float(s), 4) for s in shares],
+def class_probabilities(x: Tensor, data_name: str) -> Tensor | None:
+    """(N, 10) class probabilities of images (model scale) from the data set's classifier: logistic
+    regression on digits' training split, the shipped Fashion-MNIST network; None for other data."""
+    if data_name == "digits":
+        return torch.as_tensor(digits_classifier().predict_proba(x.flatten(1).clamp(-1, 1).numpy()))
+    if data_name == "fashion_mnist":
+        return features_and_logits(x.float())[1].double().softmax(1)
+    return None
+
+
+def class_figures(probs: Tensor, heldout_confidence: float) -> dict:
+    """Each class's share of the samples (by top class), the mean top-class probability, and the same
+    mean on held-out data (report.py's "classes" entry)."""
+    shares = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
+    return {"class_shares": [round(float(v), 4) for v in shares],
             "min_class_share": float(shares.min()), "max_class_share": float(shares.max()),
-            "confidence": float(probs.max(1).mean()), "confidence_heldout": float(held.max(1).mean())}
+            "confidence": float(probs.max(1).values.mean()), "confidence_heldout": float(heldout_confidence)}
+
+
+def class_report(samples: Tensor, heldout: Tensor) -> dict:
+    """class_figures of digits samples against held-out digits."""
+    return class_figures(class_probabilities(samples, "digits"),
+                         float(class_probabilities(heldout, "digits").max(1).values.mean()))
 
 
 def eight_gaussians_scores(z: Tensor) -> dict:
@@ -64,7 +90,7 @@ def eight_gaussians_scores(z: Tensor) -> dict:
     return r
 
 
-REFERENCE_TRAIN = 10000  # training rows the copy check measures against: seconds, not minutes, on 60000 images
+REFERENCE_TRAIN = 5000  # training rows the copy check measures against: about 0.4 CPU-s per 1000 samples of 784 values
 REFERENCE_HELDOUT = 2000  # held-out rows of the diversity references (the toys' whole held-out split)
 
 
@@ -75,27 +101,107 @@ def reference_rows(x: Tensor, cap: int) -> Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:cap]]
 
 
-def sample_report(samples: Tensor, data: Dataset) -> dict:
+MAX_DIAGNOSED = 10000  # samples whose nearest neighbours are measured (a fixed subset of more): ~N^2 work
+REFERENCE_FORMAT = 2  # bump when reference_figures changes what it computes
+
+
+def _references(data: Dataset) -> tuple[Tensor, Tensor]:
+    return (reference_rows(data.train.flatten(1), REFERENCE_TRAIN).double(),
+            reference_rows(data.test.flatten(1), REFERENCE_HELDOUT).double())
+
+
+def reference_figures(data: Dataset, m: int) -> dict[str, Tensor]:
+    """The held-out side of a sample report for m samples: it does not depend on the samples, so
+    sample reports compute it once per data set and cache it (cached_reference_figures)."""
+    train, test = _references(data)
+    nn = kth_nearest_distance(test)  # (H,)
+    out = {"heldout_nn": nn, "heldout_to_train": kth_nearest_distance(test, train),
+           "resolution": torch.tensor(1e-3 * rms_radius(train)),
+           "heldout_nn_equal_size": nn if m >= len(test) else kth_nearest_distance(test[:m])}
+    probs = class_probabilities(reference_rows(data.test, REFERENCE_HELDOUT), data.name)  # the same rows
+    if probs is not None:
+        out["heldout_confidence"] = probs.max(1).values.mean()
+    return out
+
+
+def cached_reference_figures(data: Dataset, m: int, cache_dir: Path | None) -> dict[str, Tensor]:
+    """reference_figures, read from or written to cache_dir/reference-<key>.pt, the key a SHA-256 of
+    the reference rows, m and the data set's name (another data set or scale: another file). A cache
+    that does not load safely or does not fit is recomputed; a folder that cannot be written is skipped."""
+    train, test = _references(data)
+    m = min(m, len(test))
+    digest = hashlib.sha256(f"{REFERENCE_FORMAT} {data.name} {m} {tuple(train.shape)} {tuple(test.shape)}".encode())
+    for t in (train, test):
+        digest.update(t.float().numpy().tobytes())
+    path = None if cache_dir is None else Path(cache_dir) / f"reference-{digest.hexdigest()[:20]}.pt"
+    if path is not None and path.is_file() and not path.is_symlink():
+        try:
+            cached = torch.load(path, weights_only=True)
+            if (isinstance(cached, dict) and all(isinstance(cached.get(k), Tensor) for k in REFERENCE_KEYS)
+                    and cached["heldout_nn"].shape == cached["heldout_to_train"].shape == (len(test),)
+                    and cached["heldout_nn_equal_size"].shape == (m,)):
+                return cached
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
+            pass  # recomputed below and written again
+    figures = reference_figures(data, m)
+    if path is not None:
+        try:
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(path, lambda fh: torch.save(figures, fh))
+        except (OSError, RunFolderError):
+            pass  # a read-only run folder: the figures are still right, only not kept
+    return figures
+
+
+REFERENCE_KEYS = ("heldout_nn", "heldout_to_train", "heldout_nn_equal_size", "resolution")
+
+
+def sample_report(samples: Tensor, data: Dataset, cache_dir: Path | None = None, progress=None) -> dict:
     """Diversity and accuracy figures of samples (model scale) against the data set; the nearest-
-    neighbour references are bounded subsets (REFERENCE_TRAIN, REFERENCE_HELDOUT rows)."""
+    neighbour references are bounded subsets (REFERENCE_TRAIN, REFERENCE_HELDOUT rows), their
+    held-out side cached in cache_dir when given. progress: a tqdm bar of total REPORT_STAGES (or None)."""
     flat = samples.flatten(1).double()
-    train = reference_rows(data.train.flatten(1), REFERENCE_TRAIN).double()
-    test = reference_rows(data.test.flatten(1), REFERENCE_HELDOUT).double()
     if not torch.isfinite(flat).all():
         return {"error": "non-finite samples"}
-    report = diversity_report(flat, train, test)
-    report["n_train_reference"] = float(len(train))
+    stage = _stages(progress)
+    train, test = _references(data)
+    everything, flat = flat, reference_rows(flat, MAX_DIAGNOSED)  # nearest neighbours grow as N^2
     m = min(len(flat), len(test))
+    stage("held-out references" + (" (cached)" if cache_dir is not None else ""))
+    ref = cached_reference_figures(data, m, cache_dir)
+    stage("nearest neighbours")
+    report = diversity_report(flat, train, test, float(ref["resolution"]), heldout_nn=ref["heldout_nn"],
+                              heldout_to_train=ref["heldout_to_train"])
+    report["n_train_reference"] = float(len(train))
+    report["n_samples_total"] = float(len(everything))
     report["median_nn_samples_equal_size"] = median_nn_distance(flat[:m])
-    report["median_nn_heldout_equal_size"] = median_nn_distance(test[:m])
+    report["median_nn_heldout_equal_size"] = median(ref["heldout_nn_equal_size"])
+    stage("modes and classes")
     if data.name == "eight_gaussians":
-        modes = mode_report(flat, eight_gaussians_centres().double(), EIGHT_GAUSSIANS_STD)
-        report["modes"] = modes
-    if data.name == "digits":
-        report["classes"] = class_report(samples.float(), data.test)
-    if data.name == "fashion_mnist":
-        report["classes"] = fashion_class_report(samples.float(), data.test)
+        report["modes"] = mode_report(everything, eight_gaussians_centres().double(), EIGHT_GAUSSIANS_STD)
+    probs = class_probabilities(samples.float(), data.name)
+    if probs is not None:
+        report["classes"] = class_figures(probs, float(ref["heldout_confidence"]))
+    stage("done")
     return report
+
+
+def _stages(progress):
+    """stage(name): the bar (total REPORT_STAGES) counts the finished stage and names the next."""
+    started = []
+
+    def stage(name: str) -> None:
+        if progress is None:
+            return
+        if started:
+            progress.update(1)
+        started.append(name)
+        if name != "done":
+            progress.set_postfix_str(name)
+    return stage
+
+
+REPORT_STAGES = 3
 
 
 METRICS = ("diversity", "fd", "kid", "mmd", "energy", "precision_recall")
