@@ -15,8 +15,8 @@ import torch
 from dmmd.config import ModelConfig
 from dmmd.math.noising import VPProcess
 from dmmd.methods.corrector import corrector_step, fm_predictor_corrector, level_targets, vp_level
-from dmmd.methods.discriminator import build_discriminator
 from dmmd.methods.ddpm import build_eps_net
+from dmmd.methods.discriminator import build_discriminator
 from dmmd.methods.flow_matching import sample as fm_sample
 
 SHAPE = (3,)
