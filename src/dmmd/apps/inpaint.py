@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmmd.apps import guards
 from dmmd.config import Config, ConfigError, DataConfig, check_flag
 from dmmd.data.arrays import check_array_file
 from dmmd.data.datasets import load_dataset
@@ -256,6 +257,11 @@ def run(checkpoint: str, images: str, mask_spec: str, out: str, seed: int = 0, c
     from tqdm.auto import tqdm
 
 
+    for name, value in (("checkpoint", checkpoint), ("images", images), ("mask_spec", mask_spec), ("out", out)):
+        guards.path(name, value)  # a str or Path (the Python API's callers): one line naming the argument
+    seed, batch_size = guards.integer("seed", seed), guards.integer("batch_size", batch_size)
+    if repeats is not None:
+        repeats = guards.integer("repeats", repeats)
     check_flag("seed", seed)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -288,9 +294,11 @@ def run(checkpoint: str, images: str, mask_spec: str, out: str, seed: int = 0, c
     with tqdm(total=cost * -(-len(x) // batch), desc="inpaint", disable=not progress, dynamic_ncols=True) as bar:
         generated = complete(disc, cfg, stats, process, to_model(x, cfg.data, shape), mask, seed, batch,
                              reference, device, bar, repeats=repeats)
+    # loud, with the count: a diverged flow (a step size far too large, NaN weights) completes nothing
+    diverged = guards.warn_nonfinite(generated, "completions", "lower sample.step_size or check the checkpoint")
     completed = merge(x, generated, mask, cfg.data)
     report = {"method": cfg.method, "sampler": cfg.sample.sampler, "nfe": cost, "resample": repeats, "seed": seed,
-              "mask": mask_spec, "seconds": round(time.time() - started, 3),
+              "mask": str(mask_spec), "seconds": round(time.time() - started, 3), "nonfinite_completions": diverged,
               **inpaint_metrics(x, completed, mask, labels, cfg.data, shape)}
     atomic_write_bytes(staging / "completions.npz", lambda fh: np.savez(fh, x=completed, mask=mask))
     if len(shape) == 3:

@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import sys
 import typing
-import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +24,8 @@ from torch import Tensor
 
 from dmmd import config as config_mod
 from dmmd import presets
+from dmmd.apps import guards
+from dmmd.apps.guards import Overrides, override_list
 from dmmd.config import Config, ConfigError, SampleConfig
 from dmmd.data.datasets import load_dataset
 from dmmd.data.scaling import from_data_space, to_data_space
@@ -33,38 +34,25 @@ from dmmd.evaluation.report import METRICS, evaluate_samples
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.conditional import sample_labels, training_labels
 from dmmd.methods.latent import decode, encode_dataset, for_config, latent_data
+from dmmd.methods.resources import check_data_config, check_sampling, check_training
 from dmmd.methods.sample import calibrate, check_sampler, needs_calibration, nfe, settings_for_nfe
 from dmmd.methods.sample import nfe as evaluations
 from dmmd.methods.sample import sample as draw
 from dmmd.runtime.device import resolve_device, thread_guard
+from dmmd.runtime.memory import ResourceError
+from dmmd.runtime.resume import check_resume
+from dmmd.runtime.runfolder import LOCK_NAME, check_output_dir, hold, remove_stale_temps
 from dmmd.training import loop
 
-Overrides = typing.Union[typing.Mapping[str, object], typing.Sequence[str]]
-
-
-def _override_list(overrides: Overrides | None) -> list[str]:
-    if overrides is None:
-        return []
-    if isinstance(overrides, typing.Mapping):
-        return [f"{k}={_toml_text(v)}" for k, v in overrides.items()]
-    if isinstance(overrides, str):
-        raise ConfigError(f"overrides: expected a list of 'key=value' strings or a dict, got the string {overrides!r}")
-    return list(overrides)
-
-
-def _toml_text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return str(value)
+PR_NEIGHBOURS = 3  # evaluate_samples' precision_recall: the 3rd nearest neighbour within each set
 
 
 def load_config(config: Config | str | Path | None, overrides: Overrides | None = None) -> Config:
     """A Config from a Config (copied), a preset name ('digits'), a TOML/JSON file, or None (defaults),
     with `key=value` overrides applied and checked."""
 
-    items = _override_list(overrides)
+    config = guards.config_source(config)
+    items = override_list(overrides)
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
         for item in items:
@@ -79,8 +67,9 @@ def load_config(config: Config | str | Path | None, overrides: Overrides | None 
     return config_mod.load(config, items)
 
 
-def _has_files(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
+def _files(folder: Path) -> list[str]:
+    """What a folder holds besides a lock file (none when it does not exist)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) if folder.is_dir() else []
 
 
 class Trainer:
@@ -89,35 +78,53 @@ class Trainer:
     config: a Config, a preset name, or a TOML/JSON file; overrides: {'train.steps': 300} or
     ['train.steps=300']. A folder that already holds files is refused unless resume=True, which
     continues the run from its latest checkpoint with the folder's own config.json (overrides may
-    change train.steps). device: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'
-    (default: train.device). progress: None shows a bar on a terminal and plain periodic lines
-    otherwise; False writes only RUN/log.txt."""
+    change train.steps and the keys `dmmd train --resume` may change). device: 'auto' (CUDA when
+    available), 'cpu', 'cuda', 'cuda:N' (default: train.device). progress: None shows a bar on a
+    terminal and plain periodic lines otherwise; False writes only RUN/log.txt.
+    While `run` trains, it holds the run folder's lock, as `dmmd train` does: a second writer
+    (another Trainer, `dmmd train --resume`, `dmmd calibrate`) is refused with the holder named."""
 
     def __init__(self, config: Config | str | Path | None, out: str | Path, overrides: Overrides | None = None,
                  resume: bool = False, device: str | None = None, progress: bool | None = None):
-        self.out, self.resume, self.progress = Path(out), resume, progress
+        self.config, self.overrides = guards.config_source(config), override_list(overrides)
+        self.out, self.resume = guards.path("out", out), guards.flag("resume", resume)
+        self.device, self.progress = guards.text("device", device), guards.flag("progress", progress, optional=True)
+        self.cfg = self._resolve()
+        check_data_config(self.cfg)  # sizes of the data, before loading it
+
+    def _resolve(self) -> Config:
+        """The run's config, after the run-folder checks of `dmmd train` (again in `run`, under the lock)."""
         stored = self.out / "config.json"
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"{self.out} is a file: the run folder must be a folder")
-        if resume and stored.is_file():
-            self.cfg = config_mod.load(stored, _override_list(overrides))
-        elif _has_files(self.out) and not resume:
-            raise ConfigError(f"{self.out} is not empty: pass resume=True to continue the run there, or choose "
+        check_output_dir(self.out, "out")
+        if self.resume and stored.is_file():
+            cfg = config_mod.stored_run(config_mod.load(stored, self.overrides))
+            check_resume(config_mod.stored_run(config_mod.load(stored)), cfg, f"{stored} holds the run")
+        elif _files(self.out):
+            raise ConfigError(f"{self.out} holds files but no config.json: it is not a dmmd run folder" if self.resume
+                              else f"{self.out} is not empty: pass resume=True to continue the run there, or choose "
                               "another folder")
-        elif resume and _has_files(self.out):
-            raise ConfigError(f"{self.out} holds files but no config.json: it is not a dmmd run folder")
         else:
-            self.cfg = load_config(config, overrides)
-        if device is not None:
-            config_mod.set_value(self.cfg, "train.device", device)
-            config_mod.validate(self.cfg)
+            cfg = load_config(self.config, self.overrides)
+        if self.device is not None:
+            config_mod.set_value(cfg, "train.device", self.device)
+            config_mod.validate(cfg)
+        return cfg
 
     def run(self) -> "Pipeline":
         """Train to cfg.train.steps and return the final checkpoint as a Pipeline."""
+        with hold(self.out, f"dmmd.train{' resume=True' if self.resume else ''} (Python API)"):
+            self.cfg = self._resolve()  # the folder as it is now that no other writer can change it
+            remove_stale_temps(self.out)  # left by a process that was killed during a write
+            return self._train()
+
+    def _train(self) -> "Pipeline":
         data = pixels = load_dataset(self.cfg.data, self.cfg.seed)
         if self.cfg.model.latent:  # the autoencoder's latents, encoded once (docs/latent.md), as `dmmd train`
             data = latent_data(self.cfg, pixels, progress=self.progress is not False)
         labels, val_labels = training_labels(self.cfg, data)  # model.conditional: also sets model.num_classes
+        check_training(self.cfg, data.shape, resolve_device(self.cfg.train.device))
         echo = None if self.progress is False else (lambda text: print(text, file=sys.stderr, flush=True))
         if pixels.note and echo:  # an array file: how its values were mapped to the model's range
             echo(pixels.note)
@@ -156,7 +163,8 @@ class Pipeline:
     def from_run(cls, path: str | Path, device: str = "auto") -> "Pipeline":
         """The EMA model of a run folder's latest checkpoint, or of a checkpoint file."""
 
-        dev = resolve_device(device)
+        path = guards.path("path", path)
+        dev = resolve_device(guards.text("device", device, optional=False))
         cfg, model, stats, payload = load_model(path, dev)
         return cls(cfg, model, stats, tuple(payload["data_shape"]), dev, Path(path))
 
@@ -191,13 +199,11 @@ class Pipeline:
             raise ConfigError(f"unknown sample settings {unknown}; valid: {', '.join(sorted(fields))}")
         cfg = copy.deepcopy(self.cfg)
         if sampler is not None:
-            config_mod.set_value(cfg, "sample.sampler", sampler)
+            config_mod.set_value(cfg, "sample.sampler", guards.text("sampler", sampler))
         if nfe is not None:
-            if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-                raise ConfigError(f"nfe must be an integer >= 1, got {nfe!r}")
-            settings_for_nfe(cfg, nfe, keep=[f"sample.{k}" for k in overrides])
+            settings_for_nfe(cfg, guards.integer("nfe", nfe, minimum=1), keep=[f"sample.{k}" for k in overrides])
         for key, value in overrides.items():
-            config_mod.set_value(cfg, f"sample.{key}", value if isinstance(value, str) else _toml_text(value))
+            config_mod.set_value(cfg, f"sample.{key}", value if isinstance(value, str) else guards.toml_text(value))
         config_mod.validate(cfg)
         return cfg
 
@@ -210,22 +216,27 @@ class Pipeline:
         or None (unconditional); guidance = w (default: sample.guidance). `sample_labels(n, class_)`
         gives the labels drawn."""
 
-        for name, value in (("n", n), ("seed", seed), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        n, seed, batch_size = (guards.integer(name, value) for name, value in
+                               (("n", n), ("seed", seed), ("batch_size", batch_size)))
         config_mod.check_flag("seed", seed)  # the config's rule: 0 <= seed <= 2**32 - 1, as `--seed`
+        progress = guards.flag("progress", progress)
+        if class_ is not None and not isinstance(class_, str):  # 'all', or a class number
+            class_ = guards.integer("class_", class_)
         if guidance is not None:
-            overrides = {**overrides, "guidance": guidance}
+            overrides = {**overrides, "guidance": guards.real("guidance", guidance)}
         cfg = self.sample_config(nfe, sampler, **overrides)
         if n < (2 if cfg.sample.sampler == "exact" else 1) or batch_size < 1:
             raise ConfigError(f"n must be >= {2 if cfg.sample.sampler == 'exact' else 1} (the exact sampler moves "
                               f"a population) and batch_size >= 1; got n={n}, batch_size={batch_size}")
         labels = self.sample_labels(n, class_)
+        # NFE, n x NFE and memory against the limits `dmmd sample` checks, before any work
+        try:
+            check_sampling(cfg, self.model_shape, n, n if cfg.sample.sampler == "exact" else batch_size, self.device)
+        except ResourceError as err:
+            raise ResourceError(guards.api_words(str(err))) from None
         z = self._draw(cfg, n, seed, progress, batch_size, labels)
-        bad = int((~torch.isfinite(z.flatten(1))).any(1).sum())
-        if bad:  # loud, with the count: the flow diverged (a step size far too large, most often)
-            warnings.warn(f"{bad} of {n} samples hold NaN or Inf values (the flow diverged); lower sample.step_size",
-                          RuntimeWarning, stacklevel=2)
+        # loud, with the count: the flow diverged (a step size far too large, most often)
+        guards.warn_nonfinite(z)
         if self.autoencoder is not None:  # a latent model: images from its decoder
             z = decode(z, self.autoencoder)
         return to_data_space(cfg.data, z)
@@ -236,7 +247,7 @@ class Pipeline:
         try:
             return sample_labels(self.model, class_, n)
         except ValueError as err:
-            raise ConfigError(str(err).replace("--class", "class_")) from None
+            raise ConfigError(guards.api_words(str(err))) from None
 
     def _draw(self, cfg: Config, n: int, seed: int, progress: bool, batch_size: int,
               labels: Tensor | None = None) -> Tensor:
@@ -267,8 +278,8 @@ class Pipeline:
         return torch.cat(chunks)
 
     def _model_scale(self, samples: Tensor) -> Tensor:
-        samples = torch.as_tensor(samples, dtype=torch.float32).cpu()
-        if tuple(samples.shape[1:]) != self.data_shape:
+        samples = guards.samples(samples)
+        if samples.ndim < 1 or tuple(samples.shape[1:]) != self.data_shape:
             raise ConfigError(f"samples have shape {tuple(samples.shape[1:])} per item; this model's data has "
                               f"{self.data_shape}")
         return from_data_space(self.cfg.data, samples)
@@ -280,29 +291,46 @@ class Pipeline:
         if len(self.data_shape) != 3:
             raise ConfigError(f"save_images needs image data; this model's data has shape {self.data_shape} "
                               "(use save_picture for a scatter plot)")
-        return save_png_folder(folder, self._model_scale(samples).numpy())
+        z = self._model_scale(samples)
+        guards.warn_nonfinite(z, advice="their pixels are not meaningful")
+        with guards.output_folder(folder, "folder", "dmmd Python API (Pipeline.save_images)") as target:
+            return save_png_folder(target, z.numpy())
 
     def save_picture(self, samples: Tensor, path: str | Path, title: str = "") -> Path:
         """An image grid of at most 100 samples, or a scatter plot over held-out data (pairwise
-        panels for more than 2 dimensions)."""
+        panels for more than 2 dimensions). Missing parent folders are made; an existing
+        checkpoint, data, samples or config file is never replaced."""
 
-        z = self._model_scale(samples).numpy()
+        z = self._model_scale(samples)
+        guards.warn_nonfinite(z, advice="they are left out of the picture")
+        title = guards.text("title", title, optional=False)
         kind = "image" if len(self.data_shape) == 3 else "points"
         reference = self.data.test.numpy() if kind == "points" else None
-        save_samples_picture(path, z, kind, reference, title=title or f"{self.cfg.method}, {len(z)} samples")
-        return Path(path)
+        with guards.output_file(path, "path", (self.source,), "dmmd Python API (Pipeline.save_picture)") as target:
+            save_samples_picture(target, z.numpy(), kind, reference,
+                                 title=title or f"{self.cfg.method}, {len(z)} samples")
+        return target
 
     def evaluate(self, samples: Tensor, metrics: typing.Sequence[str] | None = None) -> dict:
         """Diversity and distribution metrics of data-space samples against the held-out split
         (dmmd.evaluation.report.evaluate_samples; the same report as `dmmd evaluate`)."""
 
-        metrics = tuple(metrics or METRICS)
+        if metrics is not None and not isinstance(metrics, (str, typing.Iterable)):
+            raise ConfigError(f"metrics must be a list of metric names or None, got {metrics!r}")
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics or METRICS)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ConfigError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
         z = self._model_scale(samples)
         if len(z) < 2:
             raise ConfigError(f"evaluate needs at least 2 samples, got {len(z)}")
+        bad = guards.nonfinite(z)
+        if bad:
+            raise ConfigError(f"samples: {bad} of {len(z)} hold NaN or Inf values (a diverged flow?); the metrics need "
+                              "finite samples: keep x[torch.isfinite(x.flatten(1)).all(1)]")
+        if "precision_recall" in metrics and min(len(z), len(self.data.test)) <= PR_NEIGHBOURS:
+            raise ConfigError(f"precision_recall needs at least {PR_NEIGHBOURS + 1} samples (each one's "
+                              f"{PR_NEIGHBOURS}rd nearest neighbour among them), got {len(z)}; leave it out of metrics")
         return evaluate_samples(z, self.data, metrics)
 
 
