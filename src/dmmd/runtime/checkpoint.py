@@ -12,11 +12,13 @@ import json
 import math
 import os
 import pickle
+import resource
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from dmmd.config import ConfigError, from_dict
 from dmmd.runtime.runfolder import RunFolderError, current_umask
@@ -37,7 +39,7 @@ def atomic_write_bytes(path: str | Path, write) -> None:
     """Call write(file_object) on a temporary file next to path, fsync, then rename onto path.
 
     The file gets the mode the user's umask gives new files (mkstemp makes them 0600); a full
-    disk is a one-line RunFolderError that leaves the previous file intact."""
+    disk or the file size limit is a one-line RunFolderError that leaves the previous file intact."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -49,10 +51,34 @@ def atomic_write_bytes(path: str | Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunFolderError(f"no space left on the device while writing {path} ({err.strerror}); the "
-                                 f"previous {path.name} is intact") from None
+        cause = _write_failure(err, path.parent) if isinstance(err, Exception) else None
+        if cause is not None:
+            raise RunFolderError(f"{cause} while writing {path.name} in {path.parent.absolute()}; the previous "
+                                 f"{path.name} and all files written before (earlier checkpoints included) are "
+                                 "intact") from None
         raise
+
+
+def _write_failure(err: BaseException, folder: Path) -> str | None:
+    """'no space left on the device' or 'the file size limit' when `err` (an OSError, or torch.save's
+    RuntimeError from inline_container with the OSError as its context) is a full disk or `ulimit -f`."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the device ({seen.strerror})"
+        if isinstance(seen, OSError) and seen.errno == errno.EFBIG:
+            return "the file size limit (ulimit -f) was reached"
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(err, RuntimeError) or "inline_container" not in str(err):
+        return None
+    try:  # torch's writer lost the OSError: what the file system says now
+        if os.statvfs(folder).f_bavail == 0:
+            return "no space left on the device"
+    except OSError:
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return "the file size limit (ulimit -f) was reached"
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -84,8 +110,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
         raise CheckpointError(f"{path} was refused by the safe loader (it is not a plain dmmd checkpoint): {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, RecursionError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}") from None
+    except Exception as err:  # any bytes: the unpickler fails in many ways (IndexError on text),
+        # and torch.load reads a .safetensors file with safetensors (SafetensorError: header too large, ...)
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}"
+                              + (f" ({' '.join(str(err).split())[:80]})" if isinstance(err, SafetensorError) else "")) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or payload["format"] != FORMAT:
         raise CheckpointError(f"{path} is not a dmmd checkpoint (no '{FORMAT}' format tag)")
     if type(payload.get("version")) is not int or payload["version"] != VERSION:
@@ -195,6 +223,32 @@ def check_payload(payload: dict, path) -> None:
     check_stats(payload.get("stats", {}), path, cfg.method)
 
 
+def check_optimizer_state(opt: dict, shapes: list[tuple[int, ...]], path) -> None:
+    """CheckpointError unless an optimizer state dict (check_payload checked its layout) fits a model
+    whose parameters have `shapes`, in order: one index per parameter in the groups, and each
+    parameter's moments (exp_avg, exp_avg_sq, ...) finite float tensors of its shape."""
+    order = [i for group in opt["param_groups"] for i in group.get("params", [])]
+    if len(order) != len(shapes) or any(isinstance(i, bool) or not isinstance(i, int) for i in order):
+        raise _fail(path, f"field 'optimizer' holds {len(order)} parameters, the model has {len(shapes)}")
+    where = {index: position for position, index in enumerate(order)}
+    for index, moments in opt["state"].items():
+        if index not in where or not isinstance(moments, dict):
+            raise _fail(path, f"field 'optimizer' holds state for parameter {str(index)[:20]!r}, which the model "
+                              "does not have")
+        for name, value in moments.items():
+            shape = shapes[where[index]]
+            if name == "step":
+                ok = isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+            else:
+                ok = (isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) == shape
+                      and bool(torch.isfinite(value).all()))
+            if not ok:
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else _kind(value)
+                wanted = "a number" if name == "step" else f"a finite float tensor of the parameter's shape {shape}"
+                raise _fail(path, f"optimizer state {name!r} of parameter {where[index]} must be {wanted}, found "
+                                  f"{str(found)[:40]}")
+
+
 def check_model_fits(build, cfg, shape: tuple[int, ...], state: dict, path, prefix: str = "module.") -> None:
     """CheckpointError unless the stored weights (keys with `prefix`, the EMA copy) have exactly the
     names and shapes of build(cfg, shape), which is built on the meta device (nothing allocated)."""
@@ -244,6 +298,15 @@ def check_stats(stats, path, method: str = "dmmd", feature_dim: int | None = Non
         _matrix(tensor, f"replay {tag[:40]!r}", path, None, feature_dim)
     if "replay" in stats and "data_mean" not in stats:
         raise _fail(path, "stats hold a replay without the level means it was made with")
+    scales = stats.get("replay_scale", {})  # sample.step_norm = 'gradient': the replay's step scales
+    if not isinstance(scales, dict):
+        raise _fail(path, f"stats 'replay_scale' must be a dict of tensors, found {_kind(scales)}")
+    for tag, value in scales.items():
+        steps = replay.get(tag) if isinstance(tag, str) else None
+        if (steps is None or not isinstance(value, torch.Tensor) or value.shape != (steps.shape[0],)
+                or not value.is_floating_point() or not bool(torch.isfinite(value).all())):
+            raise _fail(path, f"stats 'replay_scale' {str(tag)[:40]!r} must be a finite float tensor with one "
+                        "value per step of the replay of that tag")
     _check_class_stats(stats, path, feature_dim)
     return stats
 

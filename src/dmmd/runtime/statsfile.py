@@ -10,7 +10,6 @@ the fingerprint matches the checkpoint as it is now: a checkpoint that training 
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 
 import torch
@@ -62,8 +61,7 @@ def save(checkpoint: Path, stats: dict) -> Path:
 def _is_stats_file(path: Path) -> bool:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, RecursionError):
+    except Exception:  # any bytes (a text file fails with IndexError)
         return False
     return isinstance(payload, dict) and payload.get("format") == FORMAT
 
@@ -75,12 +73,14 @@ def load(checkpoint: Path, map_location="cpu") -> dict | None:
         return None
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, RecursionError) as err:
-        raise ckpt.CheckpointError(f"{path} is not a readable statistics file ({type(err).__name__}); remove it and "
-                                   "run `dmmd calibrate` again") from None
+    except Exception as err:  # any bytes (a text file fails with IndexError)
+        raise ckpt.CheckpointError(f"{path} is not a readable statistics file ({type(err).__name__}), and dmmd keeps "
+                                   f"the statistics of {Path(checkpoint).name} under that name: move it away (or remove "
+                                   "it if it is an old statistics file); it is left as it is") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        raise ckpt.CheckpointError(f"{path} is not a dmmd statistics file of version {VERSION}; remove it and run "
-                                   "`dmmd calibrate` again")
+        raise ckpt.CheckpointError(f"{path} is not a dmmd statistics file of version {VERSION}, and dmmd keeps the "
+                                   f"statistics of {Path(checkpoint).name} under that name: move it away (or remove it "
+                                   "if it is an old statistics file); it is left as it is")
     if payload.get("checkpoint") != fingerprint(checkpoint):
         return None  # made for earlier weights under this name
     return payload.get("stats")

@@ -61,7 +61,8 @@ def state_payload(state: TrainState, cfg: Config) -> dict:
             "best": state.best or {}, **({"gp_cache": state.gp_cache} if state.gp_cache is not None else {})}
 
 
-def restore_state(state: TrainState, payload: dict) -> None:
+def restore_state(state: TrainState, payload: dict, path="the checkpoint") -> None:
+    ckpt.check_optimizer_state(payload["optimizer"], [tuple(p.shape) for p in state.model.parameters()], path)
     try:
         state.model.load_state_dict(payload["model"])
         state.ema.load_state_dict(payload["ema"])
