@@ -29,7 +29,7 @@ from dmmd.methods.sample import SamplerMismatch, calibrate, check_sampler, needs
 from dmmd.methods.sample import nfe as evaluations
 from dmmd.runtime.checkpoint import atomic_write_bytes, atomic_write_text
 from dmmd.runtime.device import prepare_model, resolve_device
-from dmmd.runtime.runfolder import check_output_dir, claim_output, publish
+from dmmd.runtime.runfolder import check_output_dir, check_outside_checkpoints, claim_output, publish
 
 
 def add_parser(sub) -> None:
@@ -103,6 +103,7 @@ def run(args) -> int:
                                                  + (f"-class{args.class_}" if labels is not None else ""))
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir")
+        check_outside_checkpoints(args.png_dir, "--png-dir")
     staging = claim_output(out, "dmmd sample")  # checked and locked before any compute; renamed into place at the end
     prepare_model(disc, cfg.train.channels_last, args.compile)
     if cfg.sample.sampler == "exact" and args.num_samples < 2:

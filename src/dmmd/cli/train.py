@@ -13,7 +13,14 @@ from dmmd.methods.latent import latent_data
 from dmmd.methods.resources import check_data_config, check_training
 from dmmd.runtime.device import resolve_device
 from dmmd.runtime.resume import check_resume
-from dmmd.runtime.runfolder import LOCK_NAME, check_output_dir, enter, hold, remove_stale_temps
+from dmmd.runtime.runfolder import (
+    LOCK_NAME,
+    check_output_dir,
+    check_outside_checkpoints,
+    enter,
+    hold,
+    remove_stale_temps,
+)
 from dmmd.training.loop import train
 
 
@@ -62,6 +69,8 @@ def run(args) -> int:
         if main_rank and (run_dir / "config.json").exists():
             raise config.ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
     check_output_dir(run_dir, "--resume" if args.resume else "--out")  # before any compute
+    if not args.resume:  # a run inside another run's checkpoints/ (which only its training writes)
+        check_outside_checkpoints(run_dir)
     if not args.resume and main_rank and run_dir.is_dir() and not (run_dir / "config.json").exists():
         others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
         if others:  # the user's own files: training would append to a log.txt or metrics.jsonl of theirs

@@ -32,6 +32,7 @@ TEMP_SUFFIX = ".tmp"  # every temporary file or folder dmmd makes is named .<nam
 TEMP_PATTERN = ".*." + "?" * 8 + TEMP_SUFFIX  # tempfile's random part is 8 characters
 TEMP_MARGIN = 16  # bytes a temporary name adds to a destination's name (".", ".XXXXXXXX", ".tmp")
 SAMPLE_FILES = ("samples.npz", "samples.png", "diversity.json")
+STAGED = (*SAMPLE_FILES, "completions.npz", "inpaint.png", "metrics.json")  # what `sample` and `inpaint` stage
 
 
 class RunFolderError(ValueError):
@@ -187,7 +188,8 @@ def _check_writable(folder: Path, what: str, path: Path) -> None:
 
 
 def check_output_dir(path: str | Path, what: str = "--out") -> None:
-    """RunFolderError unless `path` is a writable folder or can be made as one (nothing is made)."""
+    """RunFolderError unless `path` is a writable folder or can be made as one (nothing is made);
+    a mount point (the root of a file system: /, /proc, /dev/shm) is refused unless it holds a run."""
     path = Path(path)
     _check_names(path, what, Path(path.absolute().anchor))  # first: a stat of a too long name fails
     if path.is_symlink() and not path.exists():
@@ -195,11 +197,30 @@ def check_output_dir(path: str | Path, what: str = "--out") -> None:
     if path.exists():
         if not path.is_dir():
             raise RunFolderError(f"{what} {path} is an existing file, not a folder")
+        if os.path.ismount(path) and not (path / "config.json").is_file():  # dmmd fills or replaces an --out
+            raise RunFolderError(f"{what} {path} is a mount point (the root of a file system); choose a folder inside it")
         _check_writable(path, what, path)
         return
     parent = _existing_ancestor(path, what)
     _check_names(path, what, parent)  # again with the file system's own limit
     _check_writable(parent, what, path)
+
+
+def run_checkpoints(path: str | Path) -> Path | None:
+    """The run's checkpoints/ folder (one beside a config.json or latest) that `path` is or lies in."""
+    target = Path(path).absolute()
+    for folder in (target, *target.parents):
+        if folder.name == "checkpoints" and ((folder.parent / "config.json").is_file()
+                                             or (folder.parent / "latest").is_file()):
+            return folder
+    return None
+
+
+def check_outside_checkpoints(path: str | Path, what: str = "--out") -> None:
+    """RunFolderError when `path` is or lies inside a run's checkpoints/ folder, which only training writes."""
+    if run_checkpoints(Path(path).resolve()) is not None or run_checkpoints(path) is not None:
+        raise RunFolderError(f"{what} {path} lies inside a run's checkpoints/ folder, which only training writes; "
+                             "choose another place")
 
 
 # files a command never replaces with one of its outputs: a run's own files and data a user keeps
@@ -216,10 +237,7 @@ def check_output_file(path: str | Path, what: str = "--out", inputs: tuple = ())
     target = path.resolve()
     if any(Path(source).resolve() == target for source in inputs if source):
         raise RunFolderError(f"{what} {path} is also an input of this command; choose another file")
-    if "checkpoints" in target.parent.parts and any((folder / "config.json").is_file() or (folder / "latest").is_file()
-                                                    for folder in target.parents):
-        raise RunFolderError(f"{what} {path} lies inside a run's checkpoints/ folder, which only training writes; "
-                             "choose another file")
+    check_outside_checkpoints(path, what)
     if path.exists() and (path.suffix in KEPT_SUFFIXES or path.name in KEPT_NAMES):
         raise RunFolderError(f"{what} {path} exists and holds a {path.suffix or path.name} file dmmd does not "
                              "overwrite with an output; choose another file")
@@ -239,8 +257,9 @@ def check_output_file(path: str | Path, what: str = "--out", inputs: tuple = ())
 def remove_stale_temps(folder: str | Path,
                        subfolders: tuple[str, ...] = ("", "checkpoints", "checkpoints/stats")) -> list[Path]:
     """Remove the temporary files (.<name>.<8 random>.tmp) that writers of a run folder killed
-    during a write left; call only while holding the folder's lock. Folders are left alone: a
-    sample writing into RUN/samples-... stages in one, under its own lock."""
+    during a write left; call only while holding the folder's lock. Folders are left alone in the
+    run folder itself (a sample writing into RUN/samples-... stages in one, under its own lock); in
+    its subfolders, where no command stages, so is a staging folder a killed sample left there."""
     removed = []
     for sub in subfolders:
         base = Path(folder, sub)
@@ -248,8 +267,25 @@ def remove_stale_temps(folder: str | Path,
             for stale in base.glob(TEMP_PATTERN):
                 if not stale.is_dir():
                     stale.unlink(missing_ok=True)
-                    removed.append(stale)
+                elif not (sub and _remove_abandoned(stale)):
+                    continue
+                removed.append(stale)
     return removed
+
+
+def _remove_abandoned(staging: Path) -> bool:
+    """Remove a staging folder of claim_output that holds only sample or inpaint outputs, unless a
+    live process holds its lock (whose file goes with it); False when it stays."""
+    if staging.is_symlink() or not all(p.is_file() and not p.is_symlink() and (p.name in STAGED or p.match(TEMP_PATTERN))
+                                       for p in staging.iterdir()):
+        return False
+    try:
+        with hold(staging.parent, "dmmd (removing a killed command's temporary folder)",
+                  lock_name=f".{staging.name[1:-9 - len(TEMP_SUFFIX)]}.lock"):
+            shutil.rmtree(staging, ignore_errors=True)
+    except RunFolderError:
+        return False
+    return True
 
 
 def _remove_stale_staging(out: Path) -> None:
@@ -277,7 +313,8 @@ def describe_os_error(err: OSError) -> str | None:
              errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
              errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
              errno.ENOTDIR: "not a folder", errno.EISDIR: "is a folder", errno.ELOOP: "too many symbolic links",
-             errno.EMFILE: "too many open files", errno.EIO: "input/output error"}
+             errno.EMFILE: "too many open files", errno.EIO: "input/output error",
+             errno.EFBIG: "the file size limit (ulimit -f) was reached"}
     if err.errno not in known:
         return None
     where = f" ({err.filename})" if err.filename else ""
@@ -334,6 +371,7 @@ def claim_output(out: str | Path, command: str, replaceable: tuple[str, ...] = S
     files (an earlier output, replaced as a whole)."""
     out = Path(out)
     check_output_dir(out)
+    check_outside_checkpoints(out)  # a killed command's temporary folder there would stop a resume
     if out.is_symlink():  # a link to a folder: the folder is what gets replaced
         out = out.resolve()
     _check_replaceable(out, replaceable)

@@ -25,6 +25,7 @@ from dmmd.runtime.checkpoint import check_stats
 from dmmd.runtime.device import as_layout, thread_guard
 from dmmd.runtime.distributed import Context, all_reduce_gradients, barrier, init_from_env, shutdown, sum_over_ranks
 from dmmd.runtime.resume import check_resume
+from dmmd.runtime.runfolder import remove_stale_temps
 from dmmd.runtime.signals import Interrupted, signal_name, stop_requested, stop_signals
 from dmmd.runtime.terminal import bars_drawable
 from dmmd.training.log import RunLog
@@ -273,15 +274,14 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         echo = tqdm.write
     log = RunLog(run_dir, echo, enabled=ctx.is_main, total_steps=cfg.train.steps, echo_intervals=not bar_on)
     if resume and (run_dir / ckpt.LATEST).is_file():
-        for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # left by a kill during a write
-            stale.unlink()
+        remove_stale_temps(run_dir, ("checkpoints", "checkpoints/stats"))  # left by a kill during a write
         payload = ckpt.load(run_dir, map_location=device)
         check_resume(from_dict(payload["config"]), cfg, f"the checkpoint {ckpt.resolve(run_dir)}")
         if tuple(payload["data_shape"]) != state.data_shape:
             raise ckpt.CheckpointError(f"the checkpoint was trained on items of shape {tuple(payload['data_shape'])}; "
                                        f"the data now has {state.data_shape}")
         check_stats(payload["stats"], ckpt.resolve(run_dir), cfg.method, getattr(state.model, "feature_dim", None))
-        restore_state(state, payload)
+        restore_state(state, payload, ckpt.resolve(run_dir))
         for group in state.optimizer.param_groups:  # train.lr may change on resume: the optimizer takes it
             group["lr"] = cfg.train.lr
         log.line(f"resumed at step {state.step}")
