@@ -28,7 +28,7 @@ from dmmd.data.scaling import from_data_space, parse_range, to_data_space
 from dmmd.evaluation.digits_net import load_classifier as digits_classifier
 from dmmd.evaluation.fashion_net import load_classifier as fashion_classifier
 from dmmd.evaluation.plotting import save_image_grid
-from dmmd.math.inpaint import RESAMPLE, MaskError, load_mask, replacement_for
+from dmmd.math.inpaint import MASKS, RESAMPLE, MaskError, load_mask, replacement_for
 from dmmd.methods import ddpm, flow_matching
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.resources import check_sampling
@@ -276,6 +276,8 @@ def run(checkpoint: str, images: str, mask_spec: str, out: str, seed: int = 0, c
     check_model(cfg)
     shape = tuple(payload["data_shape"])
     try:
+        if mask_spec not in MASKS and Path(mask_spec).suffix == ".npy" and Path(mask_spec).is_file():
+            check_array_file(mask_spec, max_values=math.prod(shape))  # its header, before numpy allocates
         mask = load_mask(mask_spec, shape)
     except MaskError as err:
         raise ConfigError(str(err)) from None

@@ -106,8 +106,8 @@ def load_array_dataset(path: str | Path, scale: str = "none") -> Dataset:
     if scale == "auto":
         scale, note = choose_scale(array)
     rng = parse_range(scale)
-    if rng is not None:
-        x = (x - rng[0]) * (2.0 / (rng[1] - rng[0])) - 1.0
+    if rng is not None:  # in place (x is a new float32 array, or the file's own float32 one, no longer needed)
+        x = x.sub_(rng[0]).mul_(2.0 / (rng[1] - rng[0])).sub_(1.0)
     if len(x) < 4:
         raise DataError(f"{path}: expected at least 4 rows, found {len(x)}")
     perm = torch.from_numpy(np.random.RandomState(0).permutation(len(x)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import math
 import pickle
 import struct
 import zlib
@@ -21,6 +22,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from dmmd.runtime.memory import refuse
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MODES = ("center_crop_resize", "resize_center_crop")
@@ -67,15 +70,28 @@ def _find(root: str | Path, name: str, subdirs: tuple[str, ...], gz: bool) -> Pa
 
 
 # ------------------------------------------------------------------------------------ MNIST
-def _read_maybe_gzip(path: Path) -> bytes:
-    """The bytes of `path`, gunzipped when the file starts with the gzip magic."""
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise _fail(path, f"corrupt or truncated gzip data ({err})") from None
+def _read_maybe_gzip(path: Path, header: int) -> bytes:
+    """The bytes of an IDX file, gunzipped when it starts with the gzip magic, read no further than the
+    size its `header` first bytes claim (and one byte more, that shows trailing data); a claim beyond
+    memory is refused before the rest is read: a gzip bomb is never inflated."""
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        fh = gzip.GzipFile(fileobj=raw) if gz else raw
+        try:
+            head = fh.read(header)
+            magic, *dims = struct.unpack(f">{header // 4}I", head) if len(head) == header else (0,)
+            size = header + math.prod(dims) if magic in (_IDX_MAGIC, _IDX_LABEL_MAGIC) else len(head)
+            refuse(6 * size, f"{path}, whose header claims {size} bytes,", "cpu", "use a smaller file")  # + float32
+            return head + fh.read(max(0, size - header) + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            raise _fail(path, f"corrupt or truncated gzip data ({err})" if gz else f"unreadable ({err})") from None
+
+
+def _check_size(path: Path, raw: bytes, expected: int, what: str) -> None:
+    if len(raw) != expected:  # raw was read to one byte past the claim at most
+        kind, more = ("truncated", "") if len(raw) < expected else ("trailing bytes", " or more")
+        raise _fail(path, f"{kind}: header says {what} = {expected} bytes, found {len(raw)}{more}")
 
 
 def _parse_idx_images(path: Path, raw: bytes) -> np.ndarray:
@@ -88,10 +104,7 @@ def _parse_idx_images(path: Path, raw: bytes) -> np.ndarray:
                           f"found 0x{magic:08x}")
     if (rows, cols) != (28, 28) or n == 0:
         raise _fail(path, f"bad IDX dims: expected (N>0, 28, 28), found ({n}, {rows}, {cols})")
-    expected = 16 + n * rows * cols
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "trailing bytes"
-        raise _fail(path, f"{kind}: header says {n} images of 28x28 = {expected} bytes, found {len(raw)}")
+    _check_size(path, raw, 16 + n * rows * cols, f"{n} images of 28x28")
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols)
 
 
@@ -105,10 +118,7 @@ def _parse_idx_labels(path: Path, raw: bytes) -> np.ndarray:
                           f"found 0x{magic:08x}")
     if n == 0:
         raise _fail(path, "bad IDX dims: expected N>0 labels, found 0")
-    expected = 8 + n
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "trailing bytes"
-        raise _fail(path, f"{kind}: header says {n} labels = {expected} bytes, found {len(raw)}")
+    _check_size(path, raw, 8 + n, f"{n} labels")
     labels = np.frombuffer(raw, dtype=np.uint8, offset=8)
     if labels.max() >= NUM_CLASSES:
         raise _fail(path, f"expected labels 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
@@ -120,7 +130,7 @@ def _read_idx_cached(path: str, kind: str, _mtime_ns: int, _size: int) -> np.nda
     """The parsed uint8 array of an IDX file, cached per process by (path, mtime, size); the array
     is read-only (a view of immutable bytes), so no caller can change the cached copy."""
     parse = _parse_idx_images if kind == "images" else _parse_idx_labels
-    return parse(Path(path), _read_maybe_gzip(Path(path)))
+    return parse(Path(path), _read_maybe_gzip(Path(path), 16 if kind == "images" else 8))
 
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
