@@ -7,6 +7,7 @@ from dmmd.config import ConfigError
 from dmmd.data.datasets import load_dataset
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.latent import encode_dataset, for_config
+from dmmd.methods.resources import check_flow
 from dmmd.methods.sample import calibrate
 from dmmd.runtime import checkpoint as ckpt
 from dmmd.runtime import statsfile
@@ -38,6 +39,7 @@ def run(args) -> int:
         raise ConfigError(f"calibrate makes the statistics of DMMD's samplers; {path} was trained with method = "
                           f"{cfg.method!r}, whose samplers need none")
     cfg = sample_config(args, cfg)
+    check_flow(cfg, tuple(payload["data_shape"]))  # the NFE and the replay's particles, before any compute
     data = load_dataset(cfg.data, cfg.seed)
     if cfg.model.latent:  # a latent model calibrates on the encoded data
         data = encode_dataset(data, for_config(cfg), cfg.data, progress=not bar_off(args))

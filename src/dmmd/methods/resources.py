@@ -13,7 +13,11 @@ import torch
 
 from dmmd.data.toys import TOYS
 from dmmd.methods.build import build_model
+from dmmd.methods.sample import nfe
 from dmmd.runtime.memory import FLOAT, ResourceError, refuse
+
+MAX_NFE = 100_000  # network evaluations per sample (the NFE studies stop at 1000; a DDPM is trained with 1000)
+MAX_PARTICLE_STEPS = 10**12  # samples x NFE: a toy's network does about 1.4e6 a second on 2 CPU cores (8 days)
 
 
 def parameter_count(cfg, shape: tuple[int, ...]) -> int | None:
@@ -61,22 +65,48 @@ def check_training(cfg, shape: tuple[int, ...], device="cpu") -> None:
         f"{params} parameters with their average, gradient and Adam moments": 5 * params * FLOAT,
         f"a step of train.batch_size = {t.batch_size}{levels}": rows * per_item * FLOAT,
     }
-    if cfg.method == "dmmd" and cfg.model.kernel == "linear" and cfg.model.objective == "mmd":
-        s = cfg.sample
-        terms[f"the replay of sample.replay_particles = {s.replay_particles}"] = (
-            s.replay_particles * (3 * math.prod(shape)) + min(s.chunk_size, s.replay_particles) * per_item
-            + s.num_levels * s.steps_per_level * cfg.model.feature_dim) * FLOAT
+    terms.update(_replay(cfg, shape, min(cfg.sample.chunk_size, cfg.sample.replay_particles)))
     need = sum(terms.values())
     largest = max(terms, key=terms.get)
     refuse(need, f"training ({largest} is the largest part)", device,
             "lower train.batch_size, train.num_levels, model.width or model.base_channels, or sample.replay_particles")
 
 
+def _replay(cfg, shape: tuple[int, ...], together: int | None = None) -> dict[str, int]:
+    """The replay (reading (c)) of a DMMD linear-kernel model: sample.replay_particles, of which
+    `together` (default: all, as replay_trajectory moves them in one chunk) keep their activations."""
+    if cfg.method != "dmmd" or cfg.model.kernel != "linear" or cfg.model.objective != "mmd":
+        return {}
+    s = cfg.sample
+    together = s.replay_particles if together is None else together
+    return {f"the replay of sample.replay_particles = {s.replay_particles}": (
+        s.replay_particles * (3 * math.prod(shape)) + together * activations_per_item(cfg, shape)
+        + s.num_levels * s.steps_per_level * cfg.model.feature_dim) * FLOAT}
+
+
+def check_flow(cfg, shape: tuple[int, ...], device="cpu") -> None:
+    """The sampler's network evaluations per sample (at most MAX_NFE) and, for DMMD's replay, the
+    memory of sample.replay_particles; what `calibrate` makes and every sampling run may make."""
+    steps = nfe(cfg)
+    if steps > MAX_NFE:
+        keys = "sample.num_steps" if cfg.method != "dmmd" else "sample.num_levels x sample.steps_per_level"
+        raise ResourceError(f"--nfe {steps} ({keys}) asks for {steps} network evaluations per sample; at most "
+                            f"{MAX_NFE} are supported (quality stops improving long before: docs/sampling.md)")
+    for what, need in _replay(cfg, shape).items():
+        refuse(need, what, device, "lower sample.replay_particles (the default is 2000)")
+
+
 def check_sampling(cfg, shape: tuple[int, ...], num_samples: int, batch: int, device="cpu") -> None:
-    """The samples held on the host, and the particles moved together on the device."""
+    """Before sampling starts: check_flow, the samples held on the host, the work (--num-samples x
+    NFE, at most MAX_PARTICLE_STEPS) and the particles moved together on the device."""
+    check_flow(cfg, shape, device)
     size = math.prod(shape)
     refuse(3 * num_samples * size * FLOAT, f"--num-samples {num_samples} ({size} values each)", "cpu",
             "sample in chunks: several runs with a smaller --num-samples and different --seed values")
+    if num_samples * nfe(cfg) > MAX_PARTICLE_STEPS:
+        raise ResourceError(f"--num-samples {num_samples} at NFE {nfe(cfg)} is {num_samples * nfe(cfg):.3g} particle "
+                            f"steps, more than the {MAX_PARTICLE_STEPS:.0e} dmmd starts (days of compute even for a toy's "
+                            "network); sample in chunks: several runs with a smaller --num-samples and other --seed values")
     batch = min(batch, num_samples)
     per_item = activations_per_item(cfg, shape)
     need = (6 * batch * size + min(cfg.sample.chunk_size, batch) * per_item) * FLOAT
