@@ -304,6 +304,10 @@ def validate(cfg: Config) -> None:
     if cfg.sample.sampler == "approx" and cfg.model.kernel != "linear":
         raise ConfigError(f"sample.sampler = 'approx' needs model.kernel = 'linear' (got {cfg.model.kernel!r}); "
                           "use sample.sampler = 'exact'")
+    mults = cfg.model.channel_mults
+    if not 1 <= len(mults) <= 8 or min(mults) < 1:
+        raise ConfigError(f"model.channel_mults must be 1 to 8 positive width multipliers (one per U-Net resolution), "
+                          f"got {mults}")
     if not cfg.autoencoder.channels or min(cfg.autoencoder.channels) < 1:
         raise ConfigError(f"autoencoder.channels must be a non-empty list of positive widths, got {cfg.autoencoder.channels}")
     if not 0 <= cfg.train.p_uncond <= 1:

@@ -20,6 +20,8 @@ from dmmd.methods.latent import for_config
 from dmmd.runtime.checkpoint import atomic_write_text
 from dmmd.runtime.runfolder import check_output_file
 
+PR_NEIGHBOURS = 3  # evaluate_samples' precision_recall: k = 3 nearest neighbours within each set
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a samples file against the held-out data",
@@ -65,6 +67,10 @@ def run(args) -> int:
                         f"{cfg.data.name!r} has {data.shape}")
     if len(samples) < 2:
         raise DataError(f"{args.samples}: expected at least 2 samples, found {len(samples)}")
+    if "precision_recall" in metrics and min(len(samples), len(data.test)) <= PR_NEIGHBOURS:
+        raise DataError(f"precision_recall needs at least {PR_NEIGHBOURS + 1} samples and {PR_NEIGHBOURS + 1} held-out "
+                        f"rows (each one's {PR_NEIGHBOURS}rd nearest neighbour in its set), found {len(samples)} and "
+                        f"{len(data.test)}; leave it out of --metrics")
     wanted = [m for m in metrics if m in inception]
     if wanted:
         import torch
