@@ -44,6 +44,7 @@ CHOICES = {
     "sample.sampler": ("exact", "approx", "kale", "ddpm", "ddim", "euler", "heun"),
     "sample.clip_x0": ("auto", "on", "off"),
     "sample.reading": ("own", "data_noised", "replay"),
+    "sample.step_norm": ("fixed", "gradient"),
     "sample.grid": ("uniform", "log_sigma"),
 }
 POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.workers", "data.in_memory", "model.feature_dim", "model.width", "model.depth",
@@ -304,6 +305,12 @@ def validate(cfg: Config) -> None:
     if cfg.sample.sampler == "approx" and cfg.model.kernel != "linear":
         raise ConfigError(f"sample.sampler = 'approx' needs model.kernel = 'linear' (got {cfg.model.kernel!r}); "
                           "use sample.sampler = 'exact'")
+    if cfg.sample.step_norm == "gradient" and cfg.method == "dmmd" and (
+            cfg.model.conditional or cfg.sample.sampler == "kale"
+            or (cfg.sample.sampler == "approx" and cfg.sample.reading != "replay")):
+        raise ConfigError("sample.step_norm = 'gradient' needs the exact sampler or the approx sampler with "
+                          "sample.reading = 'replay' (whose exact run records the step scales), on an unconditional "
+                          "model; use sample.step_norm = 'fixed'")
     mults = cfg.model.channel_mults
     if not 1 <= len(mults) <= 8 or min(mults) < 1:
         raise ConfigError(f"model.channel_mults must be 1 to 8 positive width multipliers (one per U-Net resolution), "

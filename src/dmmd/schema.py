@@ -107,7 +107,8 @@ class SampleConfig:
     reading: str = "replay"  # approx particle term: own | data_noised | replay (readings (a), (b), (c) in docs/sampling.md)
     num_levels: int = 10  # T
     steps_per_level: int = 10  # N_s
-    step_size: float = 0.1  # eta
+    step_size: float = 0.1  # eta (step_norm = "gradient": r, the rms move of a coordinate per step in units of sigma_t)
+    step_norm: str = "fixed"  # DMMD step: fixed (z + eta grad) | gradient (z + r sigma_t grad / rms(grad), rms of the exact run)
     kernel_step_size: float = 0.0  # exact sampler with rbf/rq kernels (pairwise repulsion): its own eta; 0 = step_size
     grid: str = "uniform"  # uniform | log_sigma
     inject: float = 0.1  # c_inj: gradient taken at z + c_inj sigma_t u (0 = off)
@@ -118,7 +119,7 @@ class SampleConfig:
     replay_particles: int = 2000  # population of the exact run that reading (c) replays
     num_steps: int = 100  # ddpm/ddim/euler/heun: network evaluations (NFE; heun takes (NFE + 1) // 2 steps)
     ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
-    step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power (num_levels / T) for the new T x N_s
+    step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power (num_levels / T) for the new T x N_s (gradient steps: sqrt(num_levels / T))
     ddim_clipped_eps: bool = True  # ddim with clip_x0: step with the eps of the clipped x0 (diffusers' use_clipped_model_output; digits FD 17 vs 74 at NFE 100)
     guidance: float = 0.5  # conditional models: guidance weight w (DMMD: target mu(t,y) + w (mu(t,y) - mu(t,null)); fm/ddpm: (1 + w) cond - w uncond); defaults per method in GUIDANCE_DEFAULTS
     clip_x0: str = "auto"  # ddpm/ddim: clip the predicted clean sample to [-1, 1] (diffusers' clip_sample): auto = on for image data | on | off

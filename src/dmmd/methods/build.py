@@ -31,7 +31,7 @@ def build_model(cfg: Config, data_shape: tuple[int, ...]) -> torch.nn.Module:
 
 def flow_settings(cfg: SampleConfig) -> FlowSettings:
     return FlowSettings(cfg.num_levels, cfg.steps_per_level, cfg.step_size, cfg.grid, cfg.inject,
-                        cfg.renoise, cfg.leave_one_out, cfg.chunk_size)
+                        cfg.renoise, cfg.leave_one_out, cfg.chunk_size, step_norm=cfg.step_norm)
 
 
 def load_model(path, device: str | torch.device = "cpu"):

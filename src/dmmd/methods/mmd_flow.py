@@ -120,6 +120,7 @@ class FlowSettings:
     leave_one_out: bool = False
     chunk_size: int = 1024
     graph_budget_mb: float = 1024.0  # exact sampler above chunk_size: most MB of autograd graphs kept at once
+    step_norm: str = "fixed"  # "gradient": a step moves a coordinate by step_size * sigma_t on average (rms)
 
     @property
     def num_steps(self) -> int:
@@ -128,7 +129,8 @@ class FlowSettings:
     def tag(self) -> str:
         """The settings a stored replay trajectory depends on."""
         return (f"T={self.num_levels},Ns={self.steps_per_level},eta={self.step_size:g},grid={self.grid},"
-                f"inject={self.inject:g},renoise={self.renoise:g},loo={int(self.leave_one_out)}")
+                f"inject={self.inject:g},renoise={self.renoise:g},loo={int(self.leave_one_out)}"
+                + (f",norm={self.step_norm}" if self.step_norm != "fixed" else ""))
 
 
 # A particle term maps (features (n, D) with grad, level k, global step s, population features
@@ -176,8 +178,14 @@ def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSetting
              term: Term, noise: ParticleNoise | None = None, needs_population: bool = False,
              record: Callable[[int, Tensor], None] | None = None, progress=None,
              known: Callable[[Tensor, float | None], Tensor] | None = None,
-             labels: Tensor | None = None) -> Tensor:
+             labels: Tensor | None = None, step_scales: Tensor | None = None) -> Tensor:
     """The shared loop of every flow; returns the final particles (a new tensor).
+
+    Step sizes: settings.step_norm "fixed" moves z by step_size * grad. "gradient" normalises each
+    step: z + step_size * sigma_t * grad / rms(grad), rms over every coordinate of the whole batch
+    (the exact flow; the population's own scale), or, given step_scales (T N_s,), z + step_size *
+    step_scales[step] * grad with the scales an exact run recorded (population-free samplers:
+    sigma_t / rms of the replay's step). record(step, population mean, scale) receives the scale used.
 
     labels: (N,) class labels of the particles for a conditional discriminator: particle i's
     features are phi(z_i, t, labels_i) (dmmd.methods.conditional); None: phi(z, t).
@@ -211,7 +219,7 @@ def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSetting
             pop = None
             if needs_population and keep is False:
                 pop = _population_features(disc, z_eval, t, settings.chunk_size, labels)
-            new_z, held = torch.empty_like(z), []
+            grads, held = torch.empty_like(z), []
             for chunk in chunks:
                 zc = z_eval[chunk].detach().requires_grad_(True)
                 with torch.enable_grad():
@@ -225,17 +233,21 @@ def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSetting
                 if needs_population and pop is None:
                     held.append((chunk, zc, feats))
                     continue
-                new_z[chunk] = z[chunk] + settings.step_size * _move(term, feats, zc, k, step, pop, chunk)
+                grads[chunk] = _move(term, feats, zc, k, step, pop, chunk)
             if held:
                 pop = torch.cat([feats.detach() for _, _, feats in held])
                 held.reverse()
                 while held:  # release each chunk's graph once it has moved
                     chunk, zc, feats = held.pop()
-                    new_z[chunk] = z[chunk] + settings.step_size * _move(term, feats, zc, k, step, pop, chunk)
+                    grads[chunk] = _move(term, feats, zc, k, step, pop, chunk)
                 del feats
+            scale = 1.0
+            if settings.step_norm == "gradient":
+                rms = float(grads.square().mean().sqrt()) if step_scales is None else None
+                scale = float(step_scales[step]) if step_scales is not None else (sigma / rms if rms > 0 else 0.0)
             if record is not None and pop is not None:
-                record(step, pop.mean(0))
-            z = new_z
+                record(step, pop.mean(0), scale)
+            z = z + (settings.step_size * scale) * grads
             step += 1
             if progress is not None:
                 progress.update(1)
@@ -297,21 +309,28 @@ def kale_term(disc: Discriminator) -> Term:
 
 def exact_flow(disc, z, grid, settings, process, reference, noise=None, record_means=False, progress=None,
                known=None):
-    """Exact flow; returns (particles, (T N_s, D) particle means per step or None)."""
+    """Exact flow; returns (particles, (T N_s, D) particle means per step or None), and with
+    record_means and step_norm "gradient" a third item: the (T N_s,) step scales it used."""
     means: list[Tensor] = []
-    record = (lambda step, m: means.append(m)) if record_means else None
+    scales: list[float] = []
+    record = (lambda step, m, scale: (means.append(m), scales.append(scale))) if record_means else None
     out = run_flow(disc, z, grid, settings, process, exact_term(disc, grid, reference, settings.leave_one_out),
                    noise, needs_population=True, record=record, progress=progress, known=known)
+    if record_means and settings.step_norm == "gradient":
+        return out, torch.stack(means), torch.tensor(scales, dtype=torch.float64)
     return out, (torch.stack(means) if record_means else None)
 
 
 def approx_flow(disc, z, grid, settings, process, data_mean, particle_mean=None, per_step=False,
-                noise=None, progress=None, known=None):
-    """Approximate (population-free) flow for the linear kernel: readings (a), (b) or (c)."""
+                noise=None, progress=None, known=None, step_scales=None):
+    """Approximate (population-free) flow for the linear kernel: readings (a), (b) or (c).
+    step_norm "gradient" needs the replay's step_scales (a population-free sampler has no rms)."""
     if disc.kernel_name != "linear":
         raise ValueError(f"the approximate sampler needs the linear kernel, this model uses {disc.kernel_name!r}")
+    if settings.step_norm == "gradient" and step_scales is None:
+        raise ValueError("step_norm 'gradient' in the approximate sampler needs the replay's step scales")
     return run_flow(disc, z, grid, settings, process, mean_term(data_mean, particle_mean, per_step),
-                    noise, progress=progress, known=known)
+                    noise, progress=progress, known=known, step_scales=step_scales)
 
 
 def kale_flow(disc, z, grid, settings, process, noise=None, progress=None, known=None):

@@ -45,15 +45,17 @@ def level_statistics(disc: Discriminator, train: Tensor, process: Process, setti
 
 
 def replay_trajectory(disc: Discriminator, process: Process, settings: FlowSettings, data_mean: Tensor,
-                      shape: tuple[int, ...], num_particles: int, progress=None) -> Tensor:
-    """Reading (c): the particle mean feature of every step of one exact linear run, (T N_s, D)."""
+                      shape: tuple[int, ...], num_particles: int, progress=None):
+    """Reading (c): the particle mean feature of every step of one exact linear run, (T N_s, D);
+    with step_norm "gradient" also the step scales that run used, (T N_s,): (means, scales)."""
     grid = time_grid(process, settings.num_levels, settings.grid)
     device = data_mean.device
     noise = ParticleNoise(REPLAY_SEED, num_particles, shape, device=device)
     z0 = noise.prior(process)
     big_chunk = FlowSettings(**{**settings.__dict__, "chunk_size": max(settings.chunk_size, num_particles)})
-    _, means = exact_flow(disc, z0, grid, big_chunk, process, data_mean, noise, record_means=True, progress=progress)
-    return means
+    _, *recorded = exact_flow(disc, z0, grid, big_chunk, process, data_mean, noise, record_means=True,
+                              progress=progress)
+    return recorded[0] if len(recorded) == 1 else tuple(recorded)
 
 
 def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process, stats: dict | None = None,
@@ -69,9 +71,13 @@ def calibrate(disc: Discriminator, cfg: Config, train: Tensor, process: Process,
     if stats.get("grid") != grid_tag(settings):
         stats.update(level_statistics(disc, train, process, settings, cfg.seed))
     if disc.kernel_name == "linear":
-        replays = dict(stats.get("replay", {}))
-        replays[settings.tag()] = replay_trajectory(disc, process, settings, stats["data_mean"], tuple(train.shape[1:]),
-                                                    cfg.sample.replay_particles, progress)
+        replays, scales = dict(stats.get("replay", {})), dict(stats.get("replay_scale", {}))
+        made = replay_trajectory(disc, process, settings, stats["data_mean"], tuple(train.shape[1:]),
+                                 cfg.sample.replay_particles, progress)
+        if settings.step_norm == "gradient":  # the step scales of the exact run, for the population-free sampler
+            made, scales[settings.tag()] = made
+            stats["replay_scale"] = scales
+        replays[settings.tag()] = made
         stats["replay"] = replays
     return stats
 
@@ -115,7 +121,9 @@ def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -
         eta  = eta0 (N0 / N_s)^p (T0 / T)      p = sample.step_size_power (0.7)
         c_re = c_re0 sqrt(T0 / T)
     so that the distance travelled per unit of t grows as N_s^(1 - p) and the re-noise variance per
-    unit of t stays put. A fixed eta fails at small NFE (digits: FD 481 at NFE 10 with eta 0.1 at
+    unit of t stays put. With sample.step_norm = "gradient" (a step of r sigma_t in rms) the level
+    factor is sqrt(T0 / T): measured on digits (benchmarks/results/step_norm_digits.md), the best r
+    at 20 x 1 was about 0.7x that at 10 x 1. A fixed eta fails at small NFE (digits: FD 481 at NFE 10 with eta 0.1 at
     10 x 1): per-NFE tuning on digits chose eta N_s = 1, 1.5 and 2-3 at N_s = 1, 5 and 10 over
     10 levels (benchmarks/results/nfe_rule.json), i.e. p of about 0.7."""
     if nfe < 1:
@@ -131,8 +139,9 @@ def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -
         s.num_levels = levels
     if "sample.steps_per_level" not in keep:
         s.steps_per_level = steps if "sample.num_levels" not in keep else max(1, nfe // s.num_levels)
-    if "sample.step_size" not in keep:
-        s.step_size = eta * (steps_before / s.steps_per_level) ** s.step_size_power * levels_before / s.num_levels
+    if "sample.step_size" not in keep:  # a gradient-normalised step already shrinks with sigma_t: sqrt(T0 / T)
+        levels = levels_before / s.num_levels if s.step_norm == "fixed" else math.sqrt(levels_before / s.num_levels)
+        s.step_size = eta * (steps_before / s.steps_per_level) ** s.step_size_power * levels
     if "sample.renoise" not in keep:
         s.renoise = s.renoise * math.sqrt(levels_before / s.num_levels)
 
@@ -146,6 +155,8 @@ def needs_calibration(disc: Discriminator, cfg: Config, stats: dict) -> bool:
         return conditional.needs_calibration(cfg, stats, settings)
     if stats.get("grid") != grid_tag(settings):
         return True
+    if s.sampler == "approx" and s.reading == "replay" and settings.step_norm == "gradient":
+        return settings.tag() not in stats.get("replay_scale", {}) or settings.tag() not in stats.get("replay", {})
     return s.sampler == "approx" and s.reading == "replay" and settings.tag() not in stats.get("replay", {})
 
 
@@ -223,8 +234,10 @@ def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shap
         particle_term = {"own": None, "data_noised": stats["noised_mean"]}.get(s.reading)
         if s.reading == "replay":
             particle_term = stats["replay"][settings.tag()]
+        scales = stats.get("replay_scale", {}).get(settings.tag()) if s.reading == "replay" else None
         return approx_flow(disc, z0, grid, settings, process, stats["data_mean"], particle_term,
-                           per_step=s.reading == "replay", noise=noise, progress=progress, known=hook)
+                           per_step=s.reading == "replay", noise=noise, progress=progress, known=hook,
+                           step_scales=scales)
     if disc.kernel_name == "linear":
         ref = stats["data_mean"]
     else:
