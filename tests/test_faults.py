@@ -11,14 +11,17 @@ a training step (os.kill), and two tests start real second processes. The same c
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +58,9 @@ def _snapshot(*roots: Path) -> dict:
 
 
 def _leftovers(*roots: Path) -> list[Path]:
-    return [p for root in roots for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".lock")]
+    """Temporary files and folders, and lock files (not the corpus's planted linked or FIFO locks)."""
+    return [p for root in roots for p in root.rglob("*")
+            if p.name.endswith(".tmp") or (p.name.endswith(".lock") and p.is_file() and not p.is_symlink())]
 
 
 def _weights(path: Path) -> dict:
@@ -143,6 +148,8 @@ def _mutations(p: dict) -> dict:
         "version a tensor": (lambda q: {**q, "version": torch.tensor([1, 1])}, "format version"),
         "version a string": (lambda q: {**q, "version": "1"}, "format version"),
         "payload a list": (lambda q: [q["step"]], "not a dmmd checkpoint"),
+        "config channel_mults empty": (edit("model", "channel_mults", []), "model.channel_mults must be"),
+        "config channel_mults zero": (edit("model", "channel_mults", [0]), "model.channel_mults must be"),
         "method ddpm over dmmd weights": (with_config({**cfg, "method": "ddpm", "sample": {**cfg["sample"],
                                                                                          "sampler": "ddpm"}}),
                                           "stats|weights|match"),
@@ -259,6 +266,247 @@ def _data_files(root: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------ the last fault paths (issue 29)
+SAFETENSORS = ("truncated", "garbage header", "zero bytes")
+JUNK_CHECKPOINTS = {"a text file": b"the user's own notes\n", "three bytes": b"abc"}  # the unpickler: IndexError
+OPTIMIZER_JUNK = {  # name -> (edit of a good optimizer state dict, expected message)
+    "moment of a wrong shape": (lambda o: o["state"][0].update(exp_avg=torch.zeros(3, 3)), "'exp_avg' of parameter 0"),
+    "moment a string": (lambda o: o["state"][0].update(exp_avg_sq="big"), "'exp_avg_sq' of parameter 0"),
+    "moment NaN": (lambda o: o["state"][1].update(exp_avg=torch.full_like(o["state"][1]["exp_avg"], float("nan"))),
+                   "'exp_avg' of parameter 1 must be a finite"),
+    "step a string": (lambda o: o["state"][0].update(step="ten"), "'step' of parameter 0 must be a number"),
+    "state of a missing parameter": (lambda o: o["state"].update({99: dict(o["state"][0])}), "parameter '99'"),
+    "groups one parameter short": (lambda o: o["param_groups"][0].update(params=o["param_groups"][0]["params"][:-1]),
+                                   "parameters, the model has"),
+}
+MOUNTS = [p for p in ("/", "/proc", "/dev/shm", "/sys") if os.path.ismount(p)]
+NO_ROOM = {"DMMD_MEMORY_GB": "16"}  # the replay estimates below need far more on any machine
+CONFIG_FILES.update({"channel_mults_empty.toml": (b"[model]\nchannel_mults = []\n", "model.channel_mults must be"),
+                     "channel_mults_zero.json": (b'{"model": {"channel_mults": [0]}}', "model.channel_mults must be")})
+
+
+def _gzip_bomb(path: Path, header: bytes, mib: int) -> None:
+    """`header`, then `mib` MiB of zeros: gzipped members one after another (one compressed once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(header) + gzip.compress(bytes(1 << 20)) * mib)
+
+
+def _npz_bomb(path: Path, key: str, shape: tuple, dtype: str) -> None:
+    """An .npz whose array `key` is deflated zeros: about 1/1000 of its size on disk."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                      "shape": shape})
+            for _ in range(int(np.prod(shape)) * np.dtype(dtype).itemsize >> 20):
+                fh.write(bytes(1 << 20))
+
+
+def _run_copy(run: Path, folder: Path, name: str, content: bytes) -> None:
+    """A run folder whose `latest` names checkpoints/NAME, holding `content`."""
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "config.json", folder / "config.json")
+    (folder / "checkpoints" / name).write_bytes(content)
+    (folder / "latest").write_text(f"checkpoints/{name}\n")
+
+
+def _more_inputs(root: Path, run: Path, good: dict) -> None:
+    import copy
+    import io
+
+    from safetensors.torch import save
+
+    whole = save({"w": torch.zeros(64, 64)})
+    st = dict(zip(SAFETENSORS, (whole[:50], b"\xff" * 8 + b"junk" * 10, b"")))
+    (root / "st").mkdir()
+    for i, name in enumerate(SAFETENSORS):
+        (root / "st" / f"s{i}.safetensors").write_bytes(st[name])
+        _run_copy(run, root / "st_run" / f"s{i}", "final.safetensors", st[name])
+    for i, content in enumerate(JUNK_CHECKPOINTS.values()):
+        (root / "st" / f"j{i}.pt").write_bytes(content)
+        _run_copy(run, root / "st_run" / f"j{i}", "final.pt", content)
+    for i, (mutate, _) in enumerate(OPTIMIZER_JUNK.values()):
+        bad = {**good, "optimizer": copy.deepcopy(good["optimizer"])}
+        mutate(bad["optimizer"])
+        buffer = io.BytesIO()
+        torch.save(bad, buffer)
+        _run_copy(run, root / "opt" / f"o{i}", "final.pt", buffer.getvalue())
+    (root / "few").mkdir()
+    for n in (2, 3):
+        np.savez(root / "few" / f"n{n}.npz", samples=np.random.default_rng(n).normal(size=(n, 2)))
+    (root / "masks").mkdir()
+    _npy_with_header(root / "masks" / "huge.npy", (10**12,), descr="|b1")
+    np.save(root / "masks" / "big.npy", np.ones(100, dtype=bool))
+    _npy_with_header(root / "masks" / "truncated.npy", (2,), payload=b"")
+    np.save(root / "masks" / "good.npy", np.array([True, False]))
+    np.savez(root / "images.npz", x=np.random.default_rng(0).normal(size=(8, 2)))
+    idx = lambda n: struct.pack(">IIII", 0x803, n, 28, 28)  # noqa: E731  (an MNIST image file's header)
+    _gzip_bomb(root / "mnist_bomb" / "train-images-idx3-ubyte.gz", idx(10**6), 800)  # as much as it claims
+    _gzip_bomb(root / "mnist_trailing" / "train-images-idx3-ubyte.gz", idx(100) + bytes(78400), 256)
+    (root / "mnist_plain").mkdir()
+    (root / "mnist_plain" / "train-images-idx3-ubyte").write_bytes(idx(10**7) + bytes(784))
+    (root / "bombs").mkdir()
+    _npz_bomb(root / "bombs" / "x.npz", "x", (2**23, 2), "uint8")  # 16 MiB inflated, 16 KiB on disk
+    _npz_bomb(root / "bombs" / "samples.npz", "samples", (2**21, 2), "float32")
+    (root / "bare" / "stats").mkdir(parents=True)
+    shutil.copy(run / "checkpoints" / "final.pt", root / "bare" / "model.pt")
+    (root / "bare" / "stats" / "model.pt").write_text("the user's own notes\n")
+    (root / "target.txt").write_text("a file a lock must not write through\n")
+    shutil.copytree(run, root / "linked")
+    os.symlink(root / "target.txt", root / "linked" / ".lock")
+    os.symlink(root / "target.txt", root / ".so.lock")  # the lock of `sample --out {root}/so`
+    shutil.copytree(run, root / "fifo_run")
+    os.mkfifo(root / "fifo_run" / ".lock")
+
+
+def _last_fault_paths() -> list[Case]:
+    cases = []
+    for i, name in enumerate(SAFETENSORS):
+        ck = f"{{root}}/st/s{i}.safetensors"
+        for command, argv in {"sample": ["sample", "--checkpoint", ck], "calibrate": ["calibrate", "--checkpoint", ck],
+                              "evaluate": ["evaluate", "--samples", "{root}/samples.npz", "--checkpoint", ck],
+                              "inpaint": ["inpaint", "--checkpoint", ck, "--images", "{root}/images.npz", "--mask",
+                                          "{root}/masks/good.npy", "--out", "{tmp}/i"],
+                              "resume": ["train", "--resume", f"{{root}}/st_run/s{i}"]}.items():
+            cases.append(Case("checkpoints", f"safetensors {name} / {command}", argv, "SafetensorError"))
+    for i, name in enumerate(JUNK_CHECKPOINTS):
+        cases += [Case("checkpoints", f"{name} / sample", ["sample", "--checkpoint", f"{{root}}/st/j{i}.pt"],
+                       "not a readable checkpoint"),
+                  Case("checkpoints", f"{name} / calibrate", ["calibrate", "--checkpoint", f"{{root}}/st/j{i}.pt"],
+                       "not a readable checkpoint"),
+                  Case("checkpoints", f"{name} / resume", ["train", "--resume", f"{{root}}/st_run/j{i}"],
+                       "not a readable checkpoint")]
+    for i, (name, (_, expect)) in enumerate(OPTIMIZER_JUNK.items()):
+        cases.append(Case("checkpoints", f"optimizer {name} / resume", ["train", "--resume", f"{{root}}/opt/o{i}"],
+                          expect))
+    for value in ("[0]", "[]", "[1,-2]", "[1,1,1,1,1,1,1,1,1]"):
+        cases.append(Case("one validation per value", f"train --set model.channel_mults={value}",
+                          ["train", *TINY, "--set", f"model.channel_mults={value}"], "model.channel_mults must be"))
+    few = "precision_recall needs at least 4 samples"
+    cases += [
+        Case("data files", "evaluate 3 samples", ["evaluate", "--samples", "{root}/few/n3.npz", "--checkpoint",
+                                                  "{root}/run"], few),
+        Case("data files", "evaluate 2 samples for precision_recall", ["evaluate", "--samples", "{root}/few/n2.npz",
+                                                                       "--checkpoint", "{root}/run", "--metrics",
+                                                                       "precision_recall"], few),
+        Case("data files", "evaluate 3 samples with --config", ["evaluate", "--samples", "{root}/few/n3.npz", "--config",
+                                                                "{root}/run/config.json"], few),
+    ]
+    inpaint = ["inpaint", "--checkpoint", "{root}/run", "--images", "{root}/images.npz", "--out", "{tmp}/i"]
+    cases += [
+        Case("data files", "mask header claims 10^12 values", [*inpaint, "--mask", "{root}/masks/huge.npy"],
+             "header claims shape \\(1000000000000,\\)"),
+        Case("data files", "mask larger than an item", [*inpaint, "--mask", "{root}/masks/big.npy"], "at most 2"),
+        Case("data files", "mask header without data", [*inpaint, "--mask", "{root}/masks/truncated.npy"],
+             "file holds 0 bytes"),
+    ]
+    mnist = ["train", *TINY, "--set", "data.name=mnist"]
+    half = {"DMMD_MEMORY_GB": "0.5"}
+    cases += [
+        Case("resource limits", "MNIST gzip bomb", [*mnist, "--set", "data.root={root}/mnist_bomb"],
+             "claims 784000016 bytes.* needs at least", half),
+        Case("resource limits", "Fashion-MNIST gzip bomb", ["train", *TINY, "--set", "data.name=fashion_mnist",
+                                                            "--set", "data.root={root}/mnist_bomb"], "claims", half),
+        Case("resource limits", "MNIST gzip bomb / evaluate", [
+            "evaluate", "--samples", "{root}/samples.npz", "--config", "{root}/run/config.json", "--set",
+            "data.name=mnist", "--set", "data.root={root}/mnist_bomb"], "claims 784000016 bytes", half),
+        Case("resource limits", "MNIST gzip far beyond its header", [*mnist, "--set", "data.root={root}/mnist_trailing"],
+             "trailing bytes: header says 100 images"),
+        Case("resource limits", "MNIST plain file claiming 10^7 images", [*mnist, "--set", "data.root={root}/mnist_plain"],
+             "claims 7840000016 bytes", half),
+        Case("resource limits", "npz deflate bomb as training data", ["train", *TINY, "--set", "data.name=file", "--set",
+                                                                      "data.root={root}/bombs/x.npz"],
+             "needs about .* of memory to load", {"DMMD_MEMORY_GB": "0.2"}),
+        Case("resource limits", "npz deflate bomb as inpainting images", [
+            "inpaint", "--checkpoint", "{root}/run", "--images", "{root}/bombs/x.npz", "--mask", "{root}/masks/good.npy",
+            "--out", "{tmp}/i"], "needs about .* of memory to load", {"DMMD_MEMORY_GB": "0.2"}),
+        Case("resource limits", "npz deflate bomb as samples", ["evaluate", "--samples", "{root}/bombs/samples.npz",
+                                                                "--checkpoint", "{root}/run"],
+             "needs about .* of memory to load", {"DMMD_MEMORY_GB": "0.06"}),
+    ]
+    nfe = "network evaluations per sample; at most 100000"
+    sample = ["sample", "--checkpoint", "{root}/run", "--out", "{tmp}/s"]
+    cases += [
+        Case("resource limits", "sample --nfe 10^9", [*sample, "--nfe", str(10**9)], nfe),
+        Case("resource limits", "sample --nfe 100001", [*sample, "--nfe", "100001"], nfe),
+        Case("resource limits", "sample num_levels 10^6", [*sample, "--set", "sample.num_levels=1000000"], nfe),
+        Case("resource limits", "sample --nfe 10^9 / ddpm", ["sample", "--checkpoint", "{root}/ddpm", "--out", "{tmp}/s",
+                                                            "--nfe", str(10**9)], "sample.num_steps"),
+        Case("resource limits", "inpaint --nfe 10^9", [*inpaint, "--mask", "{root}/masks/good.npy", "--nfe",
+                                                       str(10**9)], nfe),
+        Case("resource limits", "calibrate steps_per_level 10^6", ["calibrate", "--checkpoint", "{root}/run", "--set",
+                                                                   "sample.steps_per_level=1000000"], nfe),
+        Case("resource limits", "sample replay_particles 10^9", [*sample, "--set", "sample.replay_particles=1000000000"],
+             "replay of sample.replay_particles", NO_ROOM),
+        Case("resource limits", "calibrate replay_particles 10^9", ["calibrate", "--checkpoint", "{root}/run", "--set",
+                                                                    "sample.replay_particles=1000000000"],
+             "replay of sample.replay_particles", NO_ROOM),
+        Case("resource limits", "inpaint replay_particles 10^9", [*inpaint, "--mask", "{root}/masks/good.npy", "--set",
+                                                                  "sample.replay_particles=1000000000"],
+             "replay of sample.replay_particles", NO_ROOM),
+        Case("resource limits", "--num-samples 10^8 at NFE 100000", [*sample, "--num-samples", str(10**8), "--nfe",
+                                                                     "100000"], "1e\\+13 particle steps"),
+    ]
+    for mount in MOUNTS:
+        cases.append(Case("output paths", f"sample --out the mount point {mount}", [*sample[:3], "--out", mount],
+                          "mount point"))
+    for mount in MOUNTS[-2:]:
+        cases.append(Case("output paths", f"train --out the mount point {mount}", ["train", *RUN_ARGS, "--out", mount],
+                          "mount point"))
+    if MOUNTS:
+        cases += [
+            Case("output paths", "inpaint --out a mount point", [*inpaint[:-2], "--mask", "{root}/masks/good.npy",
+                                                                 "--out", MOUNTS[-1]], "mount point"),
+            Case("output paths", "train-autoencoder --out a mount point", ["train-autoencoder", "--set",
+                                                                           "data.name=digits", "--out", MOUNTS[-1]],
+                 "mount point"),
+            Case("output paths", "sample --png-dir a mount point", [*sample, "--png-dir", MOUNTS[-1]], "mount point"),
+        ]
+    inside = "inside a run's checkpoints/ folder"
+    cases += [
+        Case("output paths", "sample --out in a run's checkpoints/", [*sample[:3], "--out", "{root}/run/checkpoints/s"],
+             inside),
+        Case("output paths", "sample --out a run's checkpoints/", [*sample[:3], "--out", "{root}/run/checkpoints"], inside),
+        Case("output paths", "sample --out in checkpoints/stats", [*sample[:3], "--out", "{root}/run/checkpoints/stats/s"],
+             inside),
+        Case("output paths", "inpaint --out in a run's checkpoints/", [*inpaint[:-2], "--mask", "{root}/masks/good.npy",
+                                                                       "--out", "{root}/run/checkpoints/i"], inside),
+        Case("output paths", "sample --png-dir in a run's checkpoints/", [*sample, "--png-dir",
+                                                                          "{root}/run/checkpoints/png"], inside),
+        Case("output paths", "train --out in a run's checkpoints/", ["train", *RUN_ARGS, "--out",
+                                                                     "{root}/run/checkpoints/new"], inside),
+        Case("output paths", "evaluate --out a run's final.pt", ["evaluate", "--samples", "{root}/samples.npz",
+                                                                 "--checkpoint", "{root}/run", "--out",
+                                                                 "{root}/run/checkpoints/final.pt"], inside),
+        Case("output paths", "evaluate --out the samples file", ["evaluate", "--samples", "{root}/samples.npz",
+                                                                 "--checkpoint", "{root}/run", "--out",
+                                                                 "{root}/samples.npz"], "also an input"),
+        Case("output paths", "plot --out a run's final.pt", ["plot", "{root}/run", "--out",
+                                                             "{root}/run/checkpoints/final.pt"], inside),
+        Case("output paths", "train --out a folder of the user's files", ["train", *RUN_ARGS, "--out", "{root}/busy"],
+             "not a dmmd run"),
+    ]
+    seed = str(2**32)
+    cases += [
+        Case("one validation per value", "sample --seed 2^32", [*sample, "--seed", seed], "at most 2\\*\\*32 - 1"),
+        Case("one validation per value", "train --seed 2^32", ["train", *TINY, "--seed", seed], "at most 2\\*\\*32 - 1"),
+        Case("one validation per value", "inpaint --seed 2^32", [*inpaint, "--mask", "{root}/masks/good.npy", "--seed",
+                                                                 seed], "at most 2\\*\\*32 - 1"),
+        Case("run folders", "calibrate a bare checkpoint whose stats/ name holds a user's file", [
+            "calibrate", "--checkpoint", "{root}/bare/model.pt"], "not a readable statistics file"),
+        Case("run folders", "sample a bare checkpoint whose stats/ name holds a user's file", [
+            "sample", "--checkpoint", "{root}/bare/model.pt", "--out", "{tmp}/s"], "not a readable statistics file"),
+        Case("concurrency", "calibrate a run whose .lock is a symbolic link", ["calibrate", "--checkpoint",
+                                                                               "{root}/linked"], "symbolic link"),
+        Case("concurrency", "resume a run whose .lock is a symbolic link", ["train", "--resume", "{root}/linked"],
+             "symbolic link"),
+        Case("concurrency", "sample --out whose lock is a symbolic link", [*sample[:3], "--out", "{root}/so"],
+             "symbolic link"),
+        Case("concurrency", "calibrate a run whose .lock is a FIFO", ["calibrate", "--checkpoint", "{root}/fifo_run"],
+             "not a regular file"),
+    ]
+    return cases
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
@@ -303,6 +551,7 @@ def corpus(tmp_path_factory):
     stats_file = root / "stats_is_file"
     shutil.copytree(run, stats_file)
     (stats_file / "checkpoints" / "stats").write_text("in the way\n")
+    _more_inputs(root, run, good)
     return root
 
 
@@ -492,7 +741,7 @@ def _cases() -> list[Case]:
                                                                           "{tmp}/s"], "in use by pid",
              hold=("{tmp}", ".s.lock")),
     ]
-    return cases
+    return cases + _last_fault_paths()
 
 
 def _mutations_for_ids():
@@ -527,7 +776,7 @@ def test_corpus_is_large_and_covers_every_family():
 def test_fault(case, corpus, tmp_path, monkeypatch, capsys):
     fill = lambda a: a.replace("{root}", str(corpus)).replace("{tmp}", str(tmp_path))  # noqa: E731
     argv = [fill(a) for a in case.argv]
-    if argv[0] in ("train", "sample", "calibrate"):
+    if argv[0] in ("train", "sample", "calibrate", "inpaint", "train-autoencoder"):
         argv.append("--no-progress")
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
@@ -626,8 +875,15 @@ def test_sample_outputs_are_replaced_as_a_unit(corpus, tmp_path):
     assert not _leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("command", ["sample", "calibrate", "resume"])
-def test_full_disk_gives_one_line_and_keeps_earlier_files(corpus, tmp_path, monkeypatch, capsys, command):
+FULL_DISK = [("sample", "OSError"), ("calibrate", "OSError"), ("resume", "OSError"), ("calibrate", "RuntimeError"),
+             ("resume", "RuntimeError"), ("resume", "RuntimeError, statvfs")]
+
+
+@pytest.mark.parametrize("command,form", FULL_DISK, ids=[f"{c} {f}" for c, f in FULL_DISK])
+def test_full_disk_gives_one_line_and_keeps_earlier_files(corpus, tmp_path, monkeypatch, capsys, command, form):
+    """OSError: a write's fsync fails with ENOSPC. RuntimeError: torch.save's own form of it
+    ("[enforce fail at inline_container.cc] ... file write failed"), with the OSError as its context
+    or (statvfs) without it, where the folder's file system reports no free blocks."""
     run = tmp_path / "run"
     shutil.copytree(corpus / "run", run)
     out = tmp_path / "s"
@@ -635,19 +891,145 @@ def test_full_disk_gives_one_line_and_keeps_earlier_files(corpus, tmp_path, monk
     capsys.readouterr()
     before = {p: p.read_bytes() for p in [*run.rglob("*"), *out.rglob("*")] if p.is_file()}
 
-    def full(fd):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "fsync", full)
+    def torch_full(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 half a zip")
+        if form == "RuntimeError":
+            try:
+                full()
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    if form == "OSError":
+        monkeypatch.setattr(os, "fsync", full)
+    else:
+        monkeypatch.setattr(torch, "save", torch_full)
+        real_statvfs = os.statvfs
+        no_blocks = lambda path: os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))  # noqa: E731
+        monkeypatch.setattr(os, "statvfs", no_blocks if form.endswith("statvfs") else real_statvfs)
     argv = {"sample": ["sample", "--checkpoint", str(run), "--num-samples", "7", "--out", str(out)],
             "calibrate": ["calibrate", "--checkpoint", str(run), "--set", "sample.num_levels=5"],
             "resume": ["train", "--resume", str(run), "--set", "train.steps=20"]}[command]
     rc = main([*argv, "--no-progress"])
-    _assert_one_error(rc, capsys.readouterr().err, "no space left")
+    line = _assert_one_error(rc, capsys.readouterr().err, "no space left on the device")
+    assert f" in {tmp_path}" in line and "earlier checkpoints included) are intact" in line, line
+    grown = ("log.txt", "metrics.jsonl") + (("config.json",) if form != "OSError" else ())  # a resume records its steps
     for path, content in before.items():
-        if path.name not in ("log.txt", "metrics.jsonl"):  # appended logs may grow
+        if path.name not in grown:  # appended logs may grow
             assert path.read_bytes() == content, path
     assert not _leftovers(tmp_path)
+
+
+def test_file_size_limit_in_training_is_one_line_and_keeps_earlier_checkpoints(corpus, tmp_path):
+    """A real `ulimit -f` (RLIMIT_FSIZE, SIGXFSZ ignored: a write then fails with EFBIG, and torch.save
+    with a RuntimeError) between the size of a periodic checkpoint and that of the final one, which
+    also holds the sampler statistics: the run stops with one line, at its last periodic checkpoint."""
+    import resource
+
+    from dmmd.methods.build import load_model
+
+    periodic = (corpus / "run" / "checkpoints" / "step_00000010.pt").stat().st_size
+    final = (corpus / "run" / "checkpoints" / "final.pt").stat().st_size
+    assert periodic < final
+    limit = (periodic + final) // 2
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "dmmd", "train", *RUN_ARGS, "--out", str(run), "--no-progress"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limited, capture_output=True,
+                          text=True, timeout=120)
+    line = _assert_one_error(proc.returncode, proc.stderr, "the file size limit \\(ulimit -f\\) was reached while "
+                                                           "writing (best|final).pt in ")
+    assert str(run / "checkpoints") in line and "earlier checkpoints included) are intact" in line, line
+    assert (run / "latest").read_text() == "checkpoints/step_00000010.pt\n"
+    assert load_model(run)[3]["step"] == 10  # the last periodic checkpoint loads and samples
+    assert not _leftovers(tmp_path)
+
+
+def test_resume_removes_a_killed_samples_temporary_folder_in_checkpoints(corpus, tmp_path, capsys):
+    """A sample killed while writing into RUN/checkpoints/s (refused since) left its staging folder
+    and lock there: a resume removes them; a folder of the user's own files, or one whose lock a
+    live process holds, stays."""
+    run = tmp_path / "run"
+    shutil.copytree(corpus / "run", run)
+    ck = run / "checkpoints"
+    killed, mine, live = ck / ".s.ab12cd34.tmp", ck / ".notes.qw12er34.tmp", ck / ".h.zx12cv34.tmp"
+    for folder, name in ((killed, "samples.npz"), (mine, "notes.txt"), (live, "samples.npz")):
+        folder.mkdir()
+        (folder / name).write_bytes(b"half a file")
+    (killed / ".diversity.json.x1y2z3w4.tmp").write_bytes(b"")
+    (ck / ".s.lock").write_text("999999999 dmmd sample --out s\n")
+    with runfolder.hold(ck, "a sample still running", lock_name=".h.lock"):
+        assert main(["train", "--resume", str(run), "--set", "train.steps=13", "--no-progress"]) == 0
+    assert not killed.exists() and not (ck / ".s.lock").exists()
+    assert (mine / "notes.txt").read_bytes() == b"half a file" and (live / "samples.npz").is_file()
+    assert "took over the lock" in capsys.readouterr().err
+
+
+def test_sigint_during_start_up_is_one_line():
+    """Ctrl-C 0.3 s after start lands in the imports (torch): `interrupted` and 130, no traceback (it
+    was a KeyboardInterrupt traceback, or a RecursionError). Started as the `dmmd` script starts
+    (`python -m dmmd` runs the same module); a machine fast enough to be done: exit 0."""
+    code = "import sys; from dmmd.__main__ import entry; sys.exit(entry())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode in (130, 0) and "Traceback" not in err and "RecursionError" not in err, (proc.returncode, err)
+    assert err.strip() == ("interrupted" if proc.returncode else ""), err
+
+
+def test_a_gzip_bomb_is_never_inflated(tmp_path):
+    """An MNIST file that claims 100 images and inflates to 256 MiB more: read to one byte past its
+    claim (it was inflated whole first)."""
+    import tracemalloc
+
+    from dmmd.data.files import DataError, load_mnist
+
+    _gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", struct.pack(">IIII", 0x803, 100, 28, 28) + bytes(78400), 256)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="trailing bytes: header says 100 images of 28x28 = 78416 bytes, found "
+                                            "78417 or more"):
+            load_mnist(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
+def test_calibrate_of_a_bare_checkpoint_adds_only_its_statistics_file(corpus, tmp_path, capsys):
+    """A checkpoint outside a run: its statistics go to DIR/stats/NAME beside it, which sampling
+    reads; the user's other files there are untouched."""
+    from dmmd.methods.build import load_model
+
+    folder = tmp_path / "mine"
+    (folder / "stats").mkdir(parents=True)
+    shutil.copy(corpus / "run" / "checkpoints" / "final.pt", folder / "model.pt")
+    (folder / "notes.txt").write_text("mine\n")
+    torch.save({"mine": torch.ones(2)}, folder / "stats" / "other.pt")
+    before = _snapshot(tmp_path)
+    assert main(["calibrate", "--checkpoint", str(folder / "model.pt"), "--set", "sample.num_levels=4",
+                 "--no-progress"]) == 0
+    after = _snapshot(tmp_path)
+    assert set(after) - set(before) == {folder / "stats" / "model.pt"}
+    assert all(after[p] == before[p] for p in before)
+    assert any(tag.startswith("T=4,") for tag in load_model(folder / "model.pt")[2]["replay"])
+
+
+def test_evaluate_three_samples_gives_the_metrics_that_need_fewer(corpus, tmp_path, capsys):
+    assert main(["evaluate", "--samples", str(corpus / "few" / "n3.npz"), "--checkpoint", str(corpus / "run"),
+                 "--metrics", "fd,kid,mmd,energy,diversity", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_samples"] == 3 and {"fd", "kid", "mmd_rbf", "energy_distance", "diversity"} <= set(report)
 
 
 # ------------------------------------------------------------------------------------ signals
