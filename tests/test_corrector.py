@@ -101,6 +101,8 @@ def test_no_corrector_steps_is_plain_euler():
     assert targets.shape == (4, 5)
     got = fm_predictor_corrector(net, disc, z, process, 4, targets, corrector_steps=0)
     assert torch.allclose(got, fm_sample(net, z, 4, "euler"), atol=1e-12)
+    heun = fm_predictor_corrector(net, disc, z, process, 4, targets, corrector_steps=0, predictor="heun")
+    assert torch.allclose(heun, fm_sample(net, z, 7, "heun"), atol=1e-12)  # 4 Heun steps: 2 * 4 - 1 evaluations
     counted = []
 
     class Bar:

@@ -93,18 +93,27 @@ def level_targets(disc: Discriminator, train: Tensor, process: VPProcess, num_st
 @torch.no_grad()
 def fm_predictor_corrector(net: nn.Module, disc: Discriminator, z: Tensor, process: VPProcess, num_steps: int,
                            targets: Tensor, corrector_steps: int = 1, snr: float = 0.1,
-                           skip_last: bool = False, progress=None) -> Tensor:
-    """Flow-matching Euler from noise z (s = 0) to data (s = 1) in num_steps steps; after each step
-    `corrector_steps` DMMD corrector steps at the matching VP level (in VP units, then back).
-    targets: level_targets(...) for num_steps. skip_last: no corrector after the final step.
-    NFE: num_steps flow-matching evaluations + num_steps * corrector_steps DMMD steps (a forward
-    and an input gradient each). progress: update(1) per evaluation of either network."""
+                           skip_last: bool = False, progress=None, predictor: str = "euler") -> Tensor:
+    """Flow matching from noise z (s = 0) to data (s = 1) in num_steps steps of the predictor (euler,
+    or heun with its last step Euler, as flow_matching.sample); after each step `corrector_steps`
+    DMMD corrector steps at the matching VP level (in VP units, then back). targets:
+    level_targets(...) for num_steps. skip_last: no corrector after the final step. NFE: the
+    predictor's evaluations (S, or 2 S - 1 for heun) + num_steps * corrector_steps DMMD steps (a
+    forward and an input gradient each). progress: update(1) per evaluation of either network."""
     if targets.shape[0] != num_steps:
         raise ValueError(f"targets: expected {num_steps} levels, found {targets.shape[0]}")
+    if predictor not in flow_matching.SAMPLERS:
+        raise ValueError(f"predictor must be one of {', '.join(flow_matching.SAMPLERS)}, got {predictor!r}")
     x = z.detach().clone()
     h = 1.0 / num_steps
     for k, (t, scale) in enumerate(fm_levels(process, num_steps)):
-        x = flow_matching.euler_step(net(x, k * h), x, h)
+        v = net(x, k * h)
+        if predictor == "heun" and k < num_steps - 1:
+            x = flow_matching.heun_step(net, x, v, (k + 1) * h, h)
+            if progress is not None:
+                progress.update(1)
+        else:
+            x = flow_matching.euler_step(v, x, h)
         if progress is not None:
             progress.update(1)
         if skip_last and k == num_steps - 1:
