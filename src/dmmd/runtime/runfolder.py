@@ -197,7 +197,7 @@ def check_output_dir(path: str | Path, what: str = "--out") -> None:
     if path.exists():
         if not path.is_dir():
             raise RunFolderError(f"{what} {path} is an existing file, not a folder")
-        if os.path.ismount(path) and not (path / "config.json").is_file():  # dmmd fills or replaces an --out
+        if os.path.ismount(os.path.realpath(path)) and not (path / "config.json").is_file():  # filled or replaced
             raise RunFolderError(f"{what} {path} is a mount point (the root of a file system); choose a folder inside it")
         _check_writable(path, what, path)
         return
