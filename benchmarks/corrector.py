@@ -7,9 +7,9 @@ classifiers' features on held-out data; settings chosen on a training subset of 
 
 - flow matching: Euler and Heun at every NFE of --nfe;
 - DMMD: its --nfe rule at every NFE of --nfe (the checkpoint's sampler, calibrated for each);
-- predictor-corrector: Euler with S steps, K corrector steps after each, at every (S, K) of
-  --pc-steps x --pc-corrector, each with every corrector size r of --snr (the best r chosen on the
-  training subset, like the others' settings).
+- predictor-corrector: Euler or Heun with S steps, K corrector steps after each, at every (S, K)
+  of --pc-steps x --pc-corrector, each with every corrector size r of --snr (the best r chosen on
+  the training subset, like the others' settings).
 
 Sampling cost: CPU seconds per 1000 samples at one thread (time.process_time), measured on the
 draw itself; calibration (DMMD's replay, the corrector's level means) is reported apart. The
@@ -59,9 +59,11 @@ def main(argv=None) -> int:
     parser.add_argument("--nfe", default="5,10,20,40", help="NFE of the plain samplers")
     parser.add_argument("--pc-steps", default="5,10", help="Euler steps S of the predictor-corrector")
     parser.add_argument("--pc-corrector", default="1,2", help="corrector steps K after each predictor step")
-    parser.add_argument("--snr", default="0.05,0.15,0.4", help="corrector sizes r (a step moves a coordinate "
+    parser.add_argument("--snr", default="0.01,0.03,0.1,0.3", help="corrector sizes r (a step moves a coordinate "
                         "by r sigma_t on average)")
+    parser.add_argument("--predictor", default="euler,heun", help="flow-matching predictor(s) of the PC sampler")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--note", default="", help="how the runs were made (printed under the command)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
@@ -98,13 +100,16 @@ def main(argv=None) -> int:
         record("dmmd", "--nfe rule", nfe, z, cpu, {"calibration_cpu_s": calib})
     for steps in ints(args.pc_steps):
         targets, calib = _timed(lambda: level_targets(disc, data.train, process, steps))
-        for k in ints(args.pc_corrector):
-            for r in (float(v) for v in args.snr.split(",")):
-                z, cpu = _timed(lambda: fm_predictor_corrector(net, disc, z0, process, steps, targets, k, r))
-                record("pc", f"S {steps}, K {k}, r {r:g}", steps * (1 + k), z, cpu,
-                       {"S": steps, "K": k, "r": r, "calibration_cpu_s": calib})
-    for group in {(r["S"], r["K"]) for r in rows if r["family"] == "pc"}:  # the r chosen on the training subset
-        cands = [r for r in rows if r["family"] == "pc" and (r["S"], r["K"]) == group]
+        for pred in args.predictor.split(","):
+            for k in ints(args.pc_corrector):
+                for r in (float(v) for v in args.snr.split(",")):
+                    z, cpu = _timed(lambda: fm_predictor_corrector(net, disc, z0, process, steps, targets, k, r,
+                                                                   predictor=pred))
+                    evals = steps if pred == "euler" else 2 * steps - 1
+                    record("pc", f"{pred} S {steps}, K {k}, r {r:g}", evals + steps * k, z, cpu,
+                           {"S": steps, "K": k, "r": r, "predictor": pred, "calibration_cpu_s": calib})
+    for group in {(r["predictor"], r["S"], r["K"]) for r in rows if r["family"] == "pc"}:  # r chosen on training
+        cands = [r for r in rows if r["family"] == "pc" and (r["predictor"], r["S"], r["K"]) == group]
         best = min(cands, key=lambda r: r["train_metric"])
         for r in cands:
             r["chosen"] = r is best
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
         for r in cands:
             r["chosen"] = r is best
     result = {"data": data.name, "dmmd": str(args.dmmd), "fm": str(args.fm), "num_samples": n, "seed": args.seed,
-              "command": "python benchmarks/corrector.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "note": args.note, "command": "python benchmarks/corrector.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "rows": rows}
     name = f"corrector_{data.name}{args.tag}"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,7 @@ def markdown(result: dict) -> str:
     rows = [r for r in result["rows"] if r["chosen"]]
     name = rows[0]["metric_name"]
     lines = [f"# DMMD as a corrector of flow matching on {result['data']}", "",
-             f"`{result['command']}`", "",
+             f"`{result['command']}`", ""] + ([result["note"], ""] if result.get("note") else []) + [
              f"{name} on held-out data, {result['num_samples']} samples, settings chosen on a training subset; "
              "sampling CPU-s per 1000 samples at one thread (calibration apart).", "",
              "| sampler | setting | NFE | " + name + " | near-dup | CPU-s / 1000 |", "|---|---|---|---|---|---|"]

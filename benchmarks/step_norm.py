@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--r0", default="0.03,0.045,0.06,0.08,0.1", help="gradient step sizes r at the run's T x N_s")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--note", default="", help="how the runs were made (printed under the command)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     nfes = [int(v) for v in args.nfe.split(",")]
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         return sum(math.log(v) if v > 0 and math.isfinite(v) else 50.0 for v in vals) / len(vals)
     chosen = min(r0s, key=mean_log)
     result = {"data": data.name, "runs": args.run, "fm": args.fm, "num_samples": args.num_samples, "nfes": nfes,
-              "chosen_r0": chosen, "command": "python benchmarks/step_norm.py " + " ".join(
+              "chosen_r0": chosen, "note": args.note, "command": "python benchmarks/step_norm.py " + " ".join(
                   sys.argv[1:] if argv is None else argv), "rows": rows, "fm_rows": fm}
     name = f"step_norm_{data.name}{args.tag}"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
 def markdown(result: dict) -> str:
     rows, nfes = result["rows"], result["nfes"]
     name = rows[0]["metric_name"]
-    lines = [f"# DMMD step size: fixed against gradient-normalised, {result['data']}", "", f"`{result['command']}`", "",
+    lines = [f"# DMMD step size: fixed against gradient-normalised, {result['data']}", "", f"`{result['command']}`",
+             ""] + ([result["note"], ""] if result.get("note") else []) + [
              f"Held-out {name}, {result['num_samples']} samples per cell, seed 0; r0 chosen for every NFE and run at "
              f"once by the mean log {name} against a training subset: **r0 = {result['chosen_r0']:g}**.", "",
              "| run | step | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---" * (2 + len(nfes)) + "|"]

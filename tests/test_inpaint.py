@@ -299,6 +299,8 @@ def test_cli_inpaint_end_to_end(runs, images, tmp_path, method):
     assert report["known_values_changed"] == 0 and report["known_bit_equal"]
     assert report["known_values_checked"] == 12 * 32 and report["unknown_fraction"] == 0.5
     assert 0 <= report["accuracy_completed"] <= 1 and report["accuracy_original"] > 0.5
+    if method == "dmmd":  # the digits preset's gradient step, inpainting's longer one
+        assert report["step_norm"] == "gradient" and report["step_size"] == pytest.approx(0.2)
     assert (out / "inpaint.png").stat().st_size > 500
     again = tmp_path / "again"  # per-seed determinism through the whole command
     assert main(["inpaint", "--checkpoint", str(runs[method]), "--images", str(images), "--mask", "bottom",

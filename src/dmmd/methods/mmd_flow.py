@@ -183,7 +183,7 @@ def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSetting
 
     Step sizes: settings.step_norm "fixed" moves z by step_size * grad. "gradient" normalises each
     step: z + step_size * sigma_t * grad / rms(grad), rms over every coordinate of the whole batch
-    (the exact flow; the population's own scale), or, given step_scales (T N_s,), z + step_size *
+    (the exact flow; the population's own scale; inpainting: every generated coordinate), or, given step_scales (T N_s,), z + step_size *
     step_scales[step] * grad with the scales an exact run recorded (population-free samplers:
     sigma_t / rms of the replay's step). record(step, population mean, scale) receives the scale used.
 
@@ -243,7 +243,9 @@ def run_flow(disc: Discriminator, z: Tensor, grid: Tensor, settings: FlowSetting
                 del feats
             scale = 1.0
             if settings.step_norm == "gradient":
-                rms = float(grads.square().mean().sqrt()) if step_scales is None else None
+                moving = getattr(known, "mask", None)  # inpainting: only the generated coordinates move
+                rms = None if step_scales is not None else float(
+                    (grads if moving is None else grads[torch.broadcast_to(moving, grads.shape)]).square().mean().sqrt())
                 scale = float(step_scales[step]) if step_scales is not None else (sigma / rms if rms > 0 else 0.0)
             if record is not None and pop is not None:
                 record(step, pop.mean(0), scale)
