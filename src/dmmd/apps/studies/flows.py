@@ -115,11 +115,13 @@ def dmmd_flow_by_step(disc, cfg, stats: dict, process, shape: tuple[int, ...], n
             if s.sampler == "exact":
                 z, _ = exact_flow(disc, z, level, one, process, ref[k:k + 1], noise)
             else:
-                term = {"own": None, "data_noised": stats["noised_mean"][k:k + 1]}.get(s.reading)
+                term, scales = {"own": None, "data_noised": stats["noised_mean"][k:k + 1]}.get(s.reading), None
                 if s.reading == "replay":
                     term = stats["replay"][settings.tag()][step:step + 1]
+                    if settings.step_norm == "gradient":  # the replay's step scale of this step
+                        scales = stats["replay_scale"][settings.tag()][step:step + 1]
                 z = approx_flow(disc, z, level, one, process, ref[k:k + 1], term, per_step=s.reading == "replay",
-                                noise=noise)
+                                noise=noise, step_scales=scales)
             step += 1
             if record is not None:
                 record(step, k, z)
