@@ -119,7 +119,7 @@ def markdown(result: dict) -> str:
             cells = [next(r for r in rows if (r["run"], r["norm"], r["r0"], r["nfe"]) == (run, norm, r0, n))
                      for n in nfes]
             label = f"{norm} {r0:g}" + (" (chosen)" if norm == "gradient" and r0 == result["chosen_r0"] else "")
-            lines.append(f"| {Path(run).name} | {label} | " + " | ".join(f"{c['metric']:.3g}" for c in cells) + " |")
+            lines.append(f"| {'/'.join(Path(run).parts[-2:])} | {label} | " + " | ".join(f"{c['metric']:.3g}" for c in cells) + " |")
     if result["fm_rows"]:
         lines += ["", "Flow matching on the same data (its better sampler by the training subset):", "",
                   "| NFE | " + " | ".join(str(n) for n in nfes) + " |", "|---" * (1 + len(nfes)) + "|"]
