@@ -61,3 +61,20 @@ def test_progress_counts_every_stage():
     sample_report(torch.randn(20, 2, generator=gen), data, progress=bar)
     assert bar.n == REPORT_STAGES and bar.names[0].startswith("held-out") and "nearest neighbours" in bar.names
 
+
+
+def test_training_caches_the_held_out_side_that_sampling_reads(tmp_path, monkeypatch):
+    """`dmmd train` leaves the held-out figures of 2000-sample diagnostics in RUN/diagnostics/, and
+    `dmmd sample --num-samples 2000` reads them instead of computing them again."""
+    from dmmd.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["--set", "data.name=eight_gaussians", "--set", "model.width=16", "--set", "model.depth=1",
+            "--set", "model.feature_dim=8", "--set", "model.time_dim=8", "--set", "train.steps=5",
+            "--set", "train.batch_size=16", "--set", "sample.num_levels=2", "--set", "sample.steps_per_level=1",
+            "--set", "sample.replay_particles=50", "--set", "train.threads=1"]
+    assert main(["train", *tiny, "--out", str(run), "--no-progress"]) == 0
+    assert len(list((run / "diagnostics").glob("reference-*.pt"))) == 1
+    monkeypatch.setattr(rep, "reference_figures", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert main(["sample", "--checkpoint", str(run), "--num-samples", "2000", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from dmmd import config
 from dmmd.cli.common import add_config_args, config_source, device_and_dry_run, next_run_dir
 from dmmd.data.datasets import load_dataset
+from dmmd.evaluation.report import REFERENCE_HELDOUT, cached_reference_figures
 from dmmd.methods.conditional import training_labels
 from dmmd.methods.latent import latent_data
 from dmmd.methods.resources import check_data_config, check_training
@@ -83,7 +84,7 @@ def run(args) -> int:
         if not args.resume and (run_dir / "config.json").exists():
             raise config.ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} or choose another --out")
         remove_stale_temps(run_dir)  # left by a process that was killed during a write
-    data = load_dataset(cfg.data, cfg.seed)
+    data = pixels = load_dataset(cfg.data, cfg.seed)
     if data.note and main_rank:  # an array file: how its values were mapped to the model's range
         print(data.note)
     if cfg.model.latent:  # train in the autoencoder's latents, encoded once (docs/latent.md)
@@ -94,4 +95,7 @@ def run(args) -> int:
         print(f"run folder: {run_dir}")
     train(cfg, data.train, run_dir, resume=bool(args.resume), progress=not args.no_progress, echo=print,
           stream=data.stream, val_data=data.test, labels=labels, val_labels=val_labels)
+    if main_rank and pixels.stream is None and len(pixels.test) >= 2:
+        # the held-out side of `dmmd sample`'s diagnostics for 2000 samples and more, made once here
+        cached_reference_figures(pixels, REFERENCE_HELDOUT, run_dir / "diagnostics")
     return 0
