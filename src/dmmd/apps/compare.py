@@ -213,7 +213,7 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
                                                               model_data, to_pixels)
                 steps.append({"point": point, "step": state.step, "train_cpu_s": round(spent_cpu, 1),
                               "train_wall_s": round(spent_wall, 1), "replay_cpu_s": round(calibration_cpu, 1),
-                              "end_of_training_cpu_s": round(reserve, 2)})
+                              "end_of_training_cpu_s": round(reserve, 4)})
                 for r in new:
                     r.update(train_cpu_s=round(spent_cpu, 1), train_step=state.step)
                 rows += new
