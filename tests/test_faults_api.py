@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from test_faults import _snapshot
 
 import dmmd
 from dmmd import config
@@ -34,21 +35,6 @@ TINY = {"data.name": "eight_gaussians", "data.num_points": 500, "model.width": 1
         "sample.steps_per_level": 2, "sample.replay_particles": 50, "train.threads": 1, "train.steps": 4,
         "train.checkpoint_every": 2, "train.log_every": 1}
 HOLDER = f"pid {os.getpid()}"
-
-
-def _snapshot(*roots) -> dict:
-    """Every file (size, mtime) and folder under the roots."""
-    out = {}
-    for root in roots:
-        for p in root.rglob("*"):
-            if p.is_symlink():
-                out[p] = ("link", os.readlink(p))
-            elif p.is_file():
-                st = p.stat()
-                out[p] = (st.st_size, st.st_mtime_ns)
-            else:
-                out[p] = "dir"
-    return out
 
 
 def _steps(run) -> list[int]:

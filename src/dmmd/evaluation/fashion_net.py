@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dmmd.data.datasets import load_fashion_mnist_dataset
-from dmmd.evaluation.metrics import frechet_distance, inception_score
+from dmmd.evaluation.metrics import class_figures, frechet_distance, inception_score
 from dmmd.runtime.checkpoint import atomic_write_bytes
 
 WEIGHTS = Path(__file__).with_name("fashion_classifier.safetensors")
@@ -92,20 +92,8 @@ def features_and_logits(x: Tensor) -> tuple[Tensor, Tensor]:
         return feats, net.head(feats)
 
 
-def class_report(samples: Tensor, heldout: Tensor) -> dict:
-    """Each class's share of the samples (by top class) and the mean top-class probability of the
-    samples against the same on held-out images (report.py's "classes" entry)."""
-    _, logits = features_and_logits(samples)
-    _, held = features_and_logits(heldout)
-    return _class_figures(logits, held)
-
-
 def _class_figures(logits: Tensor, held_logits: Tensor) -> dict:
-    shares = torch.bincount(logits.argmax(1), minlength=10).double() / len(logits)
-    return {"class_shares": [round(float(s), 4) for s in shares],
-            "min_class_share": float(shares.min()), "max_class_share": float(shares.max()),
-            "confidence": float(logits.double().softmax(1).max(1).values.mean()),
-            "confidence_heldout": float(held_logits.double().softmax(1).max(1).values.mean())}
+    return class_figures(logits.double().softmax(1), float(held_logits.double().softmax(1).max(1).values.mean()))
 
 
 def fashion_scores(samples: Tensor, reference: Tensor) -> dict:

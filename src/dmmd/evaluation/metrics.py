@@ -278,3 +278,12 @@ def fid_torchmetrics(real: Any, fake: Any, feature_extractor: torch.nn.Module, b
             for i in range(0, data.shape[0], batch_size):
                 metric.update(data[i : i + batch_size], real=is_real)
         return float(metric.compute())
+
+
+def class_figures(probs: torch.Tensor, heldout_confidence: float) -> dict:
+    """Each class's share of the samples (by top class), the mean top-class probability, and the same
+    mean on held-out data (the "classes" entry of dmmd sample's report)."""
+    shares = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
+    return {"class_shares": [round(float(v), 4) for v in shares],
+            "min_class_share": float(shares.min()), "max_class_share": float(shares.max()),
+            "confidence": float(probs.max(1).values.mean()), "confidence_heldout": float(heldout_confidence)}

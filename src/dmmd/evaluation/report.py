@@ -34,7 +34,7 @@ from dmmd.evaluation.diversity import (
     rms_radius,
 )
 from dmmd.evaluation.fashion_net import fashion_scores, features_and_logits
-from dmmd.evaluation.metrics import frechet_distance
+from dmmd.evaluation.metrics import class_figures, frechet_distance
 from dmmd.methods.latent import Autoencoder, decode, encode
 from dmmd.runtime.checkpoint import atomic_write_bytes
 from dmmd.runtime.runfolder import RunFolderError
@@ -60,21 +60,6 @@ def class_probabilities(x: Tensor, data_name: str) -> Tensor | None:
     if data_name == "fashion_mnist":
         return features_and_logits(x.float())[1].double().softmax(1)
     return None
-
-
-def class_figures(probs: Tensor, heldout_confidence: float) -> dict:
-    """Each class's share of the samples (by top class), the mean top-class probability, and the same
-    mean on held-out data (report.py's "classes" entry)."""
-    shares = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(probs)
-    return {"class_shares": [round(float(v), 4) for v in shares],
-            "min_class_share": float(shares.min()), "max_class_share": float(shares.max()),
-            "confidence": float(probs.max(1).values.mean()), "confidence_heldout": float(heldout_confidence)}
-
-
-def class_report(samples: Tensor, heldout: Tensor) -> dict:
-    """class_figures of digits samples against held-out digits."""
-    return class_figures(class_probabilities(samples, "digits"),
-                         float(class_probabilities(heldout, "digits").max(1).values.mean()))
 
 
 def eight_gaussians_scores(z: Tensor) -> dict:
@@ -110,10 +95,11 @@ def _references(data: Dataset) -> tuple[Tensor, Tensor]:
             reference_rows(data.test.flatten(1), REFERENCE_HELDOUT).double())
 
 
-def reference_figures(data: Dataset, m: int) -> dict[str, Tensor]:
+def reference_figures(data: Dataset, m: int, references: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """The held-out side of a sample report for m samples: it does not depend on the samples, so
-    sample reports compute it once per data set and cache it (cached_reference_figures)."""
-    train, test = _references(data)
+    sample reports compute it once per data set and cache it (cached_reference_figures).
+    references: _references(data), when the caller has them."""
+    train, test = _references(data) if references is None else references
     nn = kth_nearest_distance(test)  # (H,)
     out = {"heldout_nn": nn, "heldout_to_train": kth_nearest_distance(test, train),
            "resolution": torch.tensor(1e-3 * rms_radius(train)),
@@ -124,11 +110,12 @@ def reference_figures(data: Dataset, m: int) -> dict[str, Tensor]:
     return out
 
 
-def cached_reference_figures(data: Dataset, m: int, cache_dir: Path | None) -> dict[str, Tensor]:
+def cached_reference_figures(data: Dataset, m: int, cache_dir: Path | None,
+                             references: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """reference_figures, read from or written to cache_dir/reference-<key>.pt, the key a SHA-256 of
     the reference rows, m and the data set's name (another data set or scale: another file). A cache
     that does not load safely or does not fit is recomputed; a folder that cannot be written is skipped."""
-    train, test = _references(data)
+    train, test = _references(data) if references is None else references
     m = min(m, len(test))
     digest = hashlib.sha256(f"{REFERENCE_FORMAT} {data.name} {m} {tuple(train.shape)} {tuple(test.shape)}".encode())
     for t in (train, test):
@@ -143,7 +130,7 @@ def cached_reference_figures(data: Dataset, m: int, cache_dir: Path | None) -> d
                 return cached
         except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
             pass  # recomputed below and written again
-    figures = reference_figures(data, m)
+    figures = reference_figures(data, m, (train, test))
     if path is not None:
         try:
             path.parent.mkdir(exist_ok=True)
@@ -168,7 +155,7 @@ def sample_report(samples: Tensor, data: Dataset, cache_dir: Path | None = None,
     everything, flat = flat, reference_rows(flat, MAX_DIAGNOSED)  # nearest neighbours grow as N^2
     m = min(len(flat), len(test))
     stage("held-out references" + (" (cached)" if cache_dir is not None else ""))
-    ref = cached_reference_figures(data, m, cache_dir)
+    ref = cached_reference_figures(data, m, cache_dir, (train, test))
     stage("nearest neighbours")
     report = diversity_report(flat, train, test, float(ref["resolution"]), heldout_nn=ref["heldout_nn"],
                               heldout_to_train=ref["heldout_to_train"])
