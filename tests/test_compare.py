@@ -4,6 +4,7 @@ import pytest
 from test_cli import TINY
 
 from dmmd.apps.compare import METHODS, candidates, dmmd_grid, equal_sampling_cpu, verdict_lines
+from dmmd.apps.compare_tables import gap_by_point, write_tables
 from dmmd.cli import main
 
 
@@ -49,6 +50,7 @@ def test_compare_is_fair_by_construction(tmp_path, capsys):
             assert abs(run["train_cpu_s"] - run["point"] * 1.0) <= 0.3, (method, run)
     assert all(r["sampling_cpu_s_per_1000"] > 0 for r in rows)
     assert len(result["verdict"]) == 2 and "At equal sampling CPU" in text
+    assert "does the gap narrow with training?" in text and "partial" not in result and "Partial" not in text
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-3:-1] == result["verdict"] and printed[-3].startswith("NFE 2: lower ")
     # a second race into the same folder is refused before any compute, nothing overwritten
@@ -80,3 +82,27 @@ def test_verdict_and_equal_sampling_cpu_view():
     assert view[10]["fm"]["nfe"] == 20 and view[20]["fm"]["nfe"] == 50 and view[20]["ddpm"]["metric"] == 15.0
     cheap = equal_sampling_cpu({**result, "rows": [_row("dmmd", 10, 5.0, 0.5), _row("fm", 10, 6.0, 1.0)]})
     assert cheap[0]["others"]["fm"]["within"] is False  # no fm NFE as cheap: its cheapest, marked
+
+
+def _point_row(method, point, nfe, metric):
+    return {"method": method, "budget_point": point, "nfe": nfe, "metric": metric, "chosen": True, "default": True,
+            "metric_name": "FD", "sampling_cpu_s_per_1000": 1.0, "setting": "default", "nfe_used": nfe, "T": "-",
+            "Ns": "-", "eta": "-", "train_metric": metric, "cpu_seconds_per_sample": 1e-3}
+
+
+def test_gap_by_point_and_a_partial_race(tmp_path):
+    """DMMD's tuned metric over the best other's at each point; a race cut short (fm scored at the first
+    point only) still writes readable tables, marked partial."""
+    rows = [_point_row("dmmd", 0.5, 20, 30.0), _point_row("fm", 0.5, 20, 10.0), _point_row("ddpm", 0.5, 20, 20.0),
+            _point_row("dmmd", 1.0, 20, 24.0), _point_row("dmmd", 0.5, 100, 9.0), _point_row("fm", 0.5, 100, 12.0)]
+    result = {"data": "toy", "budget_cpu_s": 100.0, "points": [0.5, 1.0], "num_samples": 8, "nfes": [20, 100],
+              "rows": rows, "candidates": {"dmmd": ["a", "b"], "fm": ["a", "b"]}, "partial": True,
+              "runs": {"dmmd": [{"point": 0.5, "train_cpu_s": 50, "step": 5}, {"point": 1.0, "train_cpu_s": 100,
+                                                                                 "step": 9}],
+                       "fm": [{"point": 0.5, "train_cpu_s": 50, "step": 20}],
+                       "ddpm": [{"point": 0.5, "train_cpu_s": 50, "step": 20}]}}
+    assert gap_by_point(result) == [(0.5, {20: 3.0, 100: 0.75})]  # no other method reached 100% yet
+    written = write_tables(tmp_path, result)
+    text = (tmp_path / "compare.md").read_text()
+    assert "Partial" in text and "| 50 | 3.00 | 0.75 |" in text and "| fm | tuned | 50 (20) |" in text
+    assert json.loads((tmp_path / "compare.json").read_text())["partial"] is True and written["verdict"] == []

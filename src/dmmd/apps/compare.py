@@ -25,7 +25,6 @@ data: labelled sample grids) or OUT/scatter_<method>.png (2-D data).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from dmmd import config as config_mod
+from dmmd.apps.compare_tables import equal_sampling_cpu, markdown, verdict_lines, write_tables  # noqa: F401 (API)
 from dmmd.data.datasets import Dataset
 from dmmd.evaluation.digits_net import digits_scores
 from dmmd.evaluation.diversity import diversity_report
@@ -45,7 +45,7 @@ from dmmd.methods.build import build_model, build_process, flow_settings
 from dmmd.methods.latent import decode, for_config, latent_data
 from dmmd.methods.sample import calibrate, dmmd_split, needs_calibration, sample, settings_for_nfe
 from dmmd.methods.sample import nfe as evaluations
-from dmmd.runtime.checkpoint import atomic_write_bytes, atomic_write_text
+from dmmd.runtime.checkpoint import atomic_write_bytes
 from dmmd.training.loop import train
 
 METHODS = ("dmmd", "ddpm", "fm")
@@ -190,6 +190,14 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
         to_pixels = lambda z: decode(z, ae)  # noqa: E731
         echo(f"latent race: {model_data.shape[0]} latents of {cfg.model.latent}; reconstruction floor {floor}")
     rows, runs, final_grids = [], {}, {}
+    methods = tuple(methods)
+    facts = {"data": data.name, "budget_cpu_s": budget, "points": list(points), "num_samples": num_samples,
+             "nfes": list(nfes), "backbone": {k: v for k, v in config_mod.to_dict(cfg)["model"].items()},
+             "batch_size": cfg.train.batch_size,
+             "selection": "each method's candidates scored against a training subset the size of the held-out set; "
+                          "the best is the 'tuned' row, reported on held-out data",
+             "candidates": {m: [label for label, _ in candidates(m)] for m in methods},
+             "latent": cfg.model.latent or None, "reconstruction_floor": floor}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU time at one thread: the unit of the budget
     try:
@@ -220,123 +228,17 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
                 final_grids[method] = grids
                 best = {r["nfe"]: round(r["metric"], 3) for r in new if r["chosen"]}
                 echo(f"{method} at {spent_cpu:.0f} CPU-s (step {state.step}): tuned {best}")
-            runs[method] = steps
+                runs[method] = steps
+                if (method, point) != (methods[-1], max(points)):  # a long race's results as they come
+                    write_tables(out, {**facts, "runs": runs, "rows": rows, "partial": True})
     finally:
         torch.set_num_threads(threads)
-    result = {"data": data.name, "budget_cpu_s": budget, "points": list(points), "num_samples": num_samples,
-              "nfes": list(nfes), "backbone": {k: v for k, v in config_mod.to_dict(cfg)["model"].items()},
-              "batch_size": cfg.train.batch_size, "runs": runs, "rows": rows,
-              "selection": "each method's candidates scored against a training subset the size of the held-out set; "
-                           "the best is the 'tuned' row, reported on held-out data",
-              "candidates": {m: [label for label, _ in candidates(m)] for m in methods},
-              "latent": cfg.model.latent or None, "reconstruction_floor": floor}
-    result["verdict"] = verdict_lines(result)
-    result["equal_sampling_cpu"] = equal_sampling_cpu(result)
-    atomic_write_text(out / "compare.json", json.dumps(result, indent=2, default=float) + "\n")
-    atomic_write_text(out / "compare.md", markdown(result))
+    result = write_tables(out, {**facts, "runs": runs, "rows": rows})
     final = [r for r in rows if r["budget_point"] == max(points)]
     plot_metric(out / "metric_vs_nfe.png", final, title=f"{data.name}: {final[0]['metric_name'] if final else 'metric'} "
                 f"against NFE after {budget:g} CPU-s of training per method")
     save_grids(out, final_grids, data, nfes)
     return result
-
-
-def markdown(result: dict) -> str:
-    rows, last = result["rows"], max(result["points"])
-    name = rows[0]["metric_name"] if rows else "metric"
-    nfes = result["nfes"]
-
-    def cell(method, point, nfe, key):
-        r = next((r for r in rows if r["method"] == method and r["budget_point"] == point and r["nfe"] == nfe
-                  and r[key]), None)
-        return "-" if r is None else f"{r['metric']:.3g}" + (f" ({r['setting']})" if key == "chosen" else "")
-
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    head = "| method | sampler | CPU s of training (steps) | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
-    sep = "|---" * (3 + len(nfes)) + "|"
-    lines = [f"# DMMD vs DDPM vs flow matching on {result['data']} (same backbone, equal CPU budget)", "",
-             f"{name} on held-out data, {result['num_samples']} samples per cell; budget {result['budget_cpu_s']:.0f} "
-             f"CPU-s per method (one thread), scored at {', '.join(f'{p:.0%}' for p in result['points'])} of it. "
-             f"'tuned': the best of each method's {len(candidates('dmmd'))} sampler settings "
-             "by the same metric against the training split."]
-    if result.get("latent"):
-        floor = result["reconstruction_floor"]
-        value = floor.get("fd_fashion", floor.get("fd_digits", floor["fd"]))
-        lines += ["", f"Every method in the latents of {result['latent']} (encoding and the autoencoder's training "
-                  f"outside the budget); samples decoded and scored in pixels. Reconstruction floor "
-                  f"({floor['num_images']} held-out images through the autoencoder): {name} {value:.3g}."]
-    lines += ["", head, sep]
-    for m in methods:
-        for point in result["points"]:
-            run = next(s for s in result["runs"][m] if s["point"] == point)
-            for key, label in (("default", "default"), ("chosen", "tuned")):
-                lines.append(f"| {m} | {label} | {run['train_cpu_s']:.0f} ({run['step']}) | "
-                             + " | ".join(cell(m, point, n, key) for n in nfes) + " |")
-    lines += ["", "Verdict at the full budget (tuned samplers, held-out data):", ""]
-    lines += [f"- {v}" for v in verdict_lines(result)]
-    view = equal_sampling_cpu(result)
-    if view and len(methods) > 1:
-        others = [m for m in methods if m != "dmmd"]
-        lines += ["", "At equal sampling CPU (full budget, tuned samplers): each other method's best NFE whose "
-                  "sampling CPU per 1000 samples (one thread) is at most DMMD's; '!' marks a method with no NFE "
-                  "that cheap (its cheapest shown).", "",
-                  "| DMMD NFE | DMMD CPU-s / 1000 | dmmd | " + " | ".join(others) + " |",
-                  "|---" * (3 + len(others)) + "|"]
-        for e in view:
-            cells = [f"{o['metric']:.3g} (NFE {o['nfe']}, {o['cpu_s_per_1000']:.2g} s){'' if o['within'] else ' !'}"
-                     for o in (e["others"][m] for m in others)]
-            lines.append(f"| {e['nfe']} | {e['dmmd_cpu_s_per_1000']:.2g} | {e['dmmd']:.3g} | " + " | ".join(cells) + " |")
-    lines += ["", f"Every setting at {last:.0%} of the budget (held-out {name}, near-duplicate share, "
-              "nearest-training distance over held-out's, sampling CPU s per 1000 samples at one thread):", "",
-              "| method | setting | NFE (used) | T x N_s | eta | metric | train-split metric | near-dup | NN-to-train | CPU s / 1000 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["budget_point"] != last:
-            continue
-        eta = f"{r['eta']:.3g}" if isinstance(r["eta"], float) else r["eta"]
-        lines.append(f"| {r['method']} | {r['setting']}{' *' if r['chosen'] else ''} | {r['nfe']} ({r['nfe_used']}) | "
-                     f"{r['T']} x {r['Ns']} | {eta} | {r['metric']:.4g} | {r['train_metric']:.4g} | "
-                     f"{r.get('near_duplicates', float('nan')):.3f} | {r.get('nn_to_train_ratio', float('nan')):.2f} | "
-                     f"{1000 * r['cpu_seconds_per_sample']:.3g} |")
-    return "\n".join(lines) + "\n\n(* = chosen on the training split)\n"
-
-
-def _tuned(rows: list[dict], point: float) -> list[dict]:
-    return [r for r in rows if r["budget_point"] == point and r["chosen"]]
-
-
-def verdict_lines(result: dict) -> list[str]:
-    """One line per NFE at the full budget: which method's tuned sampler has the lower metric, by what factor."""
-    rows = _tuned(result["rows"], max(result["points"]))
-    lines = []
-    for nfe in result["nfes"]:
-        ranked = sorted((r for r in rows if r["nfe"] == nfe and math.isfinite(r["metric"])), key=lambda r: r["metric"])
-        if len(ranked) < 2:
-            continue
-        best, rest = ranked[0], ranked[1:]
-        others = "; ".join(f"{r['method']} {r['metric']:.3g}" for r in rest[1:])
-        lines.append(f"NFE {nfe}: lower {best['metric_name']}: {best['method']} ({best['metric']:.3g}) by "
-                     f"{rest[0]['metric'] / best['metric']:.2f}x over {rest[0]['method']} ({rest[0]['metric']:.3g})"
-                     + (f"; {others}" if others else ""))
-    return lines
-
-
-def equal_sampling_cpu(result: dict) -> list[dict]:
-    """At the full budget, for each NFE of DMMD's tuned sampler: every other method's best tuned row
-    whose sampling CPU per 1000 samples is at most DMMD's (its cheapest row, marked, when none is)."""
-    rows = _tuned(result["rows"], max(result["points"]))
-    out = []
-    for d in (r for r in rows if r["method"] == "dmmd"):
-        cost = d["sampling_cpu_s_per_1000"]
-        entry = {"nfe": d["nfe"], "dmmd_cpu_s_per_1000": cost, "dmmd": d["metric"], "others": {}}
-        for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dmmd"):
-            mine = [r for r in rows if r["method"] == m]
-            within = [r for r in mine if r["sampling_cpu_s_per_1000"] <= cost]
-            pick = min(within, key=lambda r: r["metric"]) if within else min(mine, key=lambda r: r["sampling_cpu_s_per_1000"])
-            entry["others"][m] = {"nfe": pick["nfe"], "metric": pick["metric"], "within": bool(within),
-                                  "cpu_s_per_1000": pick["sampling_cpu_s_per_1000"]}
-        out.append(entry)
-    return out
 
 
 def plot_metric(path: Path, rows: list[dict], title: str = "") -> None:
