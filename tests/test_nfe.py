@@ -40,6 +40,18 @@ def test_rule_keeps_keys_the_user_set():
     assert (cfg.sample.num_levels, cfg.sample.steps_per_level) == (4, 5)
 
 
+@pytest.mark.parametrize("split", [(20, 5), (50, 2), (100, 1), (5, 20)])
+def test_rule_takes_a_given_split(split):
+    """An explicit (T, N_s) replaces dmmd_split's, and the step and re-noise follow the same rule."""
+    cfg = config.load(None, ["sample.num_levels=10", "sample.steps_per_level=10", "sample.step_size=0.2",
+                             "sample.renoise=0.3"])
+    settings_for_nfe(cfg, 100, split=split)
+    s = cfg.sample
+    assert (s.num_levels, s.steps_per_level) == split
+    assert s.step_size * s.steps_per_level ** 0.7 * s.num_levels == pytest.approx(0.2 * 10 ** 0.7 * 10, rel=1e-12)
+    assert s.renoise ** 2 * s.num_levels == pytest.approx(0.3 ** 2 * 10, rel=1e-12)
+
+
 @pytest.mark.parametrize("method, sampler, n, used", [("ddpm", "ddpm", 10, 10), ("ddpm", "ddim", 7, 7),
                                                       ("fm", "euler", 9, 9), ("fm", "heun", 10, 9),
                                                       ("fm", "heun", 9, 9), ("fm", "heun", 1, 1)])

@@ -112,9 +112,11 @@ def dmmd_split(nfe: int) -> tuple[int, int]:
     return 10, nfe // 10
 
 
-def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -> None:
+def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = (),
+                     split: tuple[int, int] | None = None) -> None:
     """Set cfg.sample for a budget of nfe network evaluations, in place; keys in `keep` (e.g.
-    'sample.step_size' given with --set) are left as they are.
+    'sample.step_size' given with --set) are left as they are; `split` is a DMMD (T, N_s) to use
+    instead of `dmmd_split(nfe)`'s.
 
     DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split`, and from the
     configured (T0, N0, eta0, c_re0):
@@ -134,7 +136,7 @@ def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = ()) -
             s.num_steps = nfe
         return
     eta, levels_before, steps_before = s.step_size, s.num_levels, s.steps_per_level
-    levels, steps = dmmd_split(nfe)
+    levels, steps = split or dmmd_split(nfe)
     if "sample.num_levels" not in keep:
         s.num_levels = levels
     if "sample.steps_per_level" not in keep:
