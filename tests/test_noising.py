@@ -409,7 +409,7 @@ PROCESSES = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["uniform", "log_sigma"])
+@pytest.mark.parametrize("kind", ["uniform", "log_sigma", "log_snr"])
 @pytest.mark.parametrize("proc", range(len(PROCESSES)))
 @pytest.mark.parametrize("num_levels", [2, 3, 10, 37])
 def test_time_grid_endpoints_and_decreasing(kind, proc, num_levels):
@@ -444,6 +444,23 @@ def test_time_grid_log_sigma_is_equally_spaced_in_log_sigma(schedule):
     torch.testing.assert_close(d, torch.full_like(d, float(d.mean())), rtol=0.05, atol=0)
     # ...which, for the linear VP, is NOT the same as a uniform grid (guard).
     assert not torch.allclose(g, time_grid(p, 10, kind="uniform"), atol=1e-3)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("num_levels", [3, 10, 41])
+def test_time_grid_log_snr_is_equally_spaced_in_log_snr(schedule, num_levels):
+    """lambda = log(alpha^2 / sigma^2) from the closed forms at the grid's t: equal steps to 1e-9."""
+    p = VPProcess(schedule)
+    g = time_grid(p, num_levels, kind="log_snr")
+    ref = ref_alpha_linear_closed if schedule == "linear" else ref_alpha_cosine
+    lam = torch.tensor([2 * math.log(ref(float(x)) / ref_sigma(ref(float(x)))) for x in g], dtype=DT)
+    d = lam[1:] - lam[:-1]
+    assert (d > 0).all()
+    if schedule == "cosine":  # alpha_1 = 0: the top target is lambda = -20, the first step the larger
+        assert lam[0] < -20 and d[0] > d[1:].max()
+        d = d[1:]
+    torch.testing.assert_close(d, torch.full_like(d, float(d.mean())), rtol=1e-7, atol=1e-7)
+    assert not torch.allclose(g, time_grid(p, num_levels, kind="log_sigma"), atol=1e-3)
 
 
 def test_time_grid_default_kind_is_uniform():

@@ -45,7 +45,7 @@ CHOICES = {
     "sample.clip_x0": ("auto", "on", "off"),
     "sample.reading": ("own", "data_noised", "replay"),
     "sample.step_norm": ("fixed", "gradient"),
-    "sample.grid": ("uniform", "log_sigma"),
+    "sample.grid": ("uniform", "log_sigma", "log_snr"),
 }
 POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.workers", "data.in_memory", "model.feature_dim", "model.width", "model.depth",
             "model.time_dim", "model.base_channels", "model.num_res_blocks", "model.init_width",

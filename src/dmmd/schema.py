@@ -110,7 +110,7 @@ class SampleConfig:
     step_size: float = 0.1  # eta (step_norm = "gradient": r, the rms move of a coordinate per step in units of sigma_t)
     step_norm: str = "fixed"  # DMMD step: fixed (z + eta grad) | gradient (z + r sigma_t grad / rms(grad), rms of the exact run)
     kernel_step_size: float = 0.0  # exact sampler with rbf/rq kernels (pairwise repulsion): its own eta; 0 = step_size
-    grid: str = "uniform"  # uniform | log_sigma
+    grid: str = "uniform"  # uniform | log_sigma | log_snr (levels evenly in t, log sigma_t or log alpha_t^2 / sigma_t^2)
     inject: float = 0.1  # c_inj: gradient taken at z + c_inj sigma_t u (0 = off)
     renoise: float = 0.0  # c_re: c_re sigma_t N(0, I) added after each level but the last (0 = off)
     leave_one_out: bool = False  # exact sampler: drop a particle's own term

@@ -159,7 +159,11 @@ class BlurProcess:
 def time_grid(process: Process, num_levels: int, kind: str = "uniform") -> Tensor:
     """Sampling levels from t_max down to t_min (float64, shape (num_levels,)).
 
-    'uniform' spaces levels evenly in t; 'log_sigma' evenly in log of the noise scale.
+    'uniform' spaces levels evenly in t; 'log_sigma' evenly in log of the noise scale; 'log_snr'
+    evenly in the log signal-to-noise ratio lambda_t = log(alpha_t^2 / sigma_t^2) (DPM-Solver's
+    spacing; a process without alpha_t uses -2 log of its noise scale), solved by bisection in t. The
+    top target is floored at lambda = -20: the cosine schedule's alpha_t reaches 0 at t = 1, which
+    would put every level next to it; there the first step in lambda is the larger.
     """
     if num_levels < 1:
         raise ValueError(f"num_levels must be >= 1, got {num_levels}")
@@ -174,4 +178,22 @@ def time_grid(process: Process, num_levels: int, kind: str = "uniform") -> Tenso
         # log sigma decreases along `fine`; pick the nearest fine level to each target.
         idx = (log_s.view(1, -1) - targets.view(-1, 1)).abs().argmin(dim=1)
         return fine[idx]
-    raise ValueError(f"grid kind must be 'uniform' or 'log_sigma', got {kind!r}")
+    if kind == "log_snr":
+        def lam(t: Tensor) -> Tensor:
+            t = torch.as_tensor(t, dtype=torch.float64)
+            scale = process.noise_scale(t).clamp(min=1e-300)
+            signal = process.alpha(t) if hasattr(process, "alpha") else torch.ones_like(t)
+            return 2 * (torch.log(signal.clamp(min=1e-300)) - torch.log(scale))
+
+        ends = torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
+        targets = torch.linspace(max(float(lam(ends[0])), -20.0), float(lam(ends[1])), num_levels, dtype=torch.float64)
+        lo = torch.full_like(targets, process.t_min)  # lambda decreases in t: lam(lo) >= target >= lam(hi)
+        hi = torch.full_like(targets, process.t_max)
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            above = lam(mid) > targets
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        grid = 0.5 * (lo + hi)
+        grid[0], grid[-1] = process.t_max, process.t_min
+        return grid
+    raise ValueError(f"grid kind must be 'uniform', 'log_sigma' or 'log_snr', got {kind!r}")
