@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--splits", default="20:20x1,10x2,5x4;100:10x10,20x5,50x2")
     parser.add_argument("--grids", default="uniform,log_sigma")
     parser.add_argument("--steps", default="1,2", help="factors on the --nfe rule's step size")
+    parser.add_argument("--cells", help="only these cells, e.g. 'uniform:10x2:0.5,log_snr:10x10:2' (grid:TxN_s:factor)")
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--tag", default="")
     parser.add_argument("--note", default="", help="how the run was made (printed under the command)")
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
         for grid in grids:
             for levels, steps in pairs:
                 for factor in factors:
+                    if args.cells and f"{grid}:{levels}x{steps}:{factor:g}" not in args.cells.split(","):
+                        continue
                     c = copy.deepcopy(cfg)
                     c.sample.grid = grid
                     settings_for_nfe(c, nfe, split=(levels, steps))
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
                                  "cpu_s_per_1000": 1000 * cpu / args.num_samples, "replay_cpu_s": replay})
                     print(f"NFE {nfe:>3} {grid:>9} {levels:>3} x {steps:<3} step x{factor:g}: "
                           f"{held['metric']:.4g} (train {rows[-1]['train_metric']:.4g})", flush=True)
+                    write(args, data, cfg, rows, [], partial=True)
     fm = []
     if args.fm:
         _, net, _, fm_payload = load_model(args.fm)
@@ -98,17 +102,22 @@ def main(argv=None) -> int:
                 z = fm_sample(net, z0, nfe, method)
                 fm.append({"nfe": nfe, "sampler": method, "metric": score(z, data)["metric"],
                            "train_metric": score(z, data, select, diversity=False)["metric"]})
+    print(markdown(write(args, data, cfg, rows, fm, partial=False)))
+    return 0
+
+
+def write(args, data, cfg, rows: list[dict], fm: list[dict], partial: bool) -> dict:
+    """The result so far to benchmarks/results/sampler_grid_<data><tag>.json and .md (after every cell)."""
     result = {"data": data.name, "run": args.run, "fm": args.fm, "num_samples": args.num_samples,
               "run_sample_config": {k: getattr(cfg.sample, k) for k in ("grid", "num_levels", "steps_per_level",
                                                                         "step_size", "step_norm")},
-              "note": args.note, "rows": rows, "fm_rows": fm,
-              "command": "python benchmarks/sampler_grid.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "note": args.note, "rows": rows, "fm_rows": fm, "partial": partial,
+              "command": "python benchmarks/sampler_grid.py " + " ".join(sys.argv[1:])}
     name = f"sampler_grid_{data.name}{args.tag}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -137,6 +146,8 @@ def markdown(result: dict) -> str:
         for nfe in dict.fromkeys(r["nfe"] for r in result["fm_rows"]):
             b = min((r for r in result["fm_rows"] if r["nfe"] == nfe), key=lambda r: r["train_metric"])
             lines.append(f"| {nfe} | {b['metric']:.4g} ({b['sampler']}) |")
+    if result.get("partial"):
+        lines += ["", "(partial: the sweep is still running)"]
     return "\n".join(lines) + "\n"
 
 

@@ -86,3 +86,19 @@ def test_method_picks_its_sampler_and_kale_its_flow_defaults(tmp_path):
     kale_preset = tmp_path / "kale.toml"
     kale_preset.write_text('[model]\nobjective = "kale"\n[sample]\nsampler = "kale"\nstep_size = 0.01\n')
     assert config.load(kale_preset).sample.step_size == 0.01
+
+
+@pytest.mark.parametrize("levels, n, split", [(10, 20, (10, 2)), (10, 100, (10, 10)), (10, 10, (10, 1)),
+                                              (10, 7, (7, 1)), (10, 25, (25, 1)), (5, 20, (5, 4)),
+                                              (0, 20, (20, 1)), (0, 100, (10, 10))])
+def test_nfe_levels_picks_the_split(levels, n, split):
+    """sample.nfe_levels = k: k levels of NFE / k steps when k divides NFE, else the default rule."""
+    assert dmmd_split(n, levels) == split
+    cfg = config.load(None, [f"sample.nfe_levels={levels}"])
+    settings_for_nfe(cfg, n)
+    assert (cfg.sample.num_levels, cfg.sample.steps_per_level) == split and nfe(cfg) == n
+
+
+def test_nfe_levels_must_not_be_negative():
+    with pytest.raises(config.ConfigError, match="nfe_levels"):
+        config.load(None, ["sample.nfe_levels=-1"])

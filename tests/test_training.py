@@ -3,7 +3,8 @@ import torch
 
 from dmmd import config
 from dmmd.methods.build import build_process
-from dmmd.training.loop import TrainingDiverged, train_step
+from dmmd.math.noising import time_grid
+from dmmd.training.loop import TrainingDiverged, train_step, training_levels
 from dmmd.training.state import new_state
 
 ARGS = ["data.name=eight_gaussians", "model.width=8", "model.feature_dim=4", "model.time_dim=8", "model.depth=1",
@@ -29,6 +30,23 @@ def test_train_step_moves_weights_and_ema():
     train_step(state, data, process, cfg)
     for e, p, b in zip(state.ema.module.parameters(), state.model.parameters(), first):
         torch.testing.assert_close(e, b + 9 / 11 * (p - b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "log_snr"])
+def test_training_levels_from_the_sampler_grid(grid):
+    """train.levels = 'sampler_grid' draws only the sampler's T levels, every one of them in time;
+    the default draws uniformly in [t_min, t_max], off the grid."""
+    cfg, _, process = _setup("train.levels=sampler_grid", "sample.num_levels=7", f"sample.grid={grid}",
+                             "train.num_levels=3")
+    gen = torch.Generator().manual_seed(0)
+    drawn = torch.cat([training_levels(cfg, process, gen) for _ in range(200)])
+    assert drawn.dtype == torch.float64 and drawn.shape == (600,)
+    levels = time_grid(process, 7, grid)
+    assert torch.equal(torch.unique(drawn), torch.unique(levels))
+    cfg, _, process = _setup("train.num_levels=3")
+    drawn = torch.cat([training_levels(cfg, process, gen) for _ in range(200)])
+    assert ((drawn >= process.t_min) & (drawn <= process.t_max)).all() and len(torch.unique(drawn)) == 600
+    assert 0.45 < float(drawn.mean()) < 0.55
 
 
 @pytest.mark.parametrize("bad", ["data", "gradient"])

@@ -39,6 +39,7 @@ CHOICES = {
     "model.objective": ("mmd", "kale"),
     "train.on_nonfinite": ("stop", "skip"),
     "train.gp_lazy": ("scale", "reuse"),
+    "train.levels": ("uniform", "sampler_grid"),
     "train.best_by": ("val_loss", "none"),
     "train.precision": ("fp32", "bf16"),
     "sample.sampler": ("exact", "approx", "kale", "ddpm", "ddim", "euler", "heun"),
@@ -55,7 +56,7 @@ POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.worker
             "process.beta_min", "process.blur_max_width"}
 NON_NEGATIVE = {"train.threads", "train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
-                "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power", "model.num_classes",
+                "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power", "model.num_classes", "sample.nfe_levels",
                 "sample.guidance", "model.pixel_features"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
 POSITIVE |= {"autoencoder.latent_dim", "autoencoder.steps", "autoencoder.batch_size", "autoencoder.lr",

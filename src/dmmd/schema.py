@@ -78,6 +78,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 128
     num_levels: int = 2  # N_n noise levels per step
+    levels: str = "uniform"  # DMMD's training levels: uniform in [t_min, t_max] | sampler_grid (drawn from the T levels of sample.num_levels on sample.grid)
     lambda_gp: float = 1.0
     lambda_l2: float = 0.1
     gp_fraction: float = 1.0  # share of each level's interpolates the gradient penalty sees, in (0, 1]
@@ -120,6 +121,7 @@ class SampleConfig:
     num_steps: int = 100  # ddpm/ddim/euler/heun: network evaluations (NFE; heun takes (NFE + 1) // 2 steps)
     ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
     step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power (num_levels / T) for the new T x N_s (gradient steps: sqrt(num_levels / T))
+    nfe_levels: int = 0  # --nfe N for DMMD: T = nfe_levels levels of N / T steps when N is a multiple of it; 0: N x 1 up to N = 20, else 10 x N / 10
     ddim_clipped_eps: bool = True  # ddim with clip_x0: step with the eps of the clipped x0 (diffusers' use_clipped_model_output; digits FD 17 vs 74 at NFE 100)
     guidance: float = 0.5  # conditional models: guidance weight w (DMMD: target mu(t,y) + w (mu(t,y) - mu(t,null)); fm/ddpm: (1 + w) cond - w uncond); defaults per method in GUIDANCE_DEFAULTS
     clip_x0: str = "auto"  # ddpm/ddim: clip the predicted clean sample to [-1, 1] (diffusers' clip_sample): auto = on for image data | on | off

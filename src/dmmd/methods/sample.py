@@ -103,10 +103,15 @@ def nfe(cfg: Config) -> int:
     return s.num_steps if cfg.method == "ddpm" else s.num_levels * s.steps_per_level
 
 
-def dmmd_split(nfe: int) -> tuple[int, int]:
-    """T x N_s for an NFE budget: one step per level up to 20 levels, then the paper's T = 10
-    levels of NFE / 10 steps (NFE levels of one step when NFE is not a multiple of 10). Measured on
-    digits (benchmarks/nfe_rule.py): at NFE 20, 20 x 1 beat 10 x 2 at every step size tried."""
+def dmmd_split(nfe: int, levels: int = 0) -> tuple[int, int]:
+    """T x N_s for an NFE budget. levels = 0 (the default): one step per level up to 20 levels, then
+    the paper's T = 10 levels of NFE / 10 steps (NFE levels of one step when NFE is not a multiple
+    of 10); measured on digits (benchmarks/nfe_rule.py), at NFE 20, 20 x 1 beat 10 x 2 at every step
+    size tried. levels = k > 0 (sample.nfe_levels): k levels of NFE / k steps when NFE is a multiple
+    of k, else the default rule; on Fashion-MNIST pixels 10 x 2 beat 20 x 1
+    (benchmarks/results/sampler_grid_fashion_mnist.md)."""
+    if levels > 0 and nfe % levels == 0:
+        return levels, nfe // levels
     if nfe <= 20 or nfe % 10:
         return nfe, 1
     return 10, nfe // 10
@@ -118,7 +123,7 @@ def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = (),
     'sample.step_size' given with --set) are left as they are; `split` is a DMMD (T, N_s) to use
     instead of `dmmd_split(nfe)`'s.
 
-    DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split`, and from the
+    DDPM and flow matching: sample.num_steps = nfe. DMMD: T x N_s from `dmmd_split` (with sample.nfe_levels), and from the
     configured (T0, N0, eta0, c_re0):
         eta  = eta0 (N0 / N_s)^p (T0 / T)      p = sample.step_size_power (0.7)
         c_re = c_re0 sqrt(T0 / T)
@@ -136,7 +141,7 @@ def settings_for_nfe(cfg: Config, nfe: int, keep: typing.Collection[str] = (),
             s.num_steps = nfe
         return
     eta, levels_before, steps_before = s.step_size, s.num_levels, s.steps_per_level
-    levels, steps = split or dmmd_split(nfe)
+    levels, steps = split or dmmd_split(nfe, s.nfe_levels)
     if "sample.num_levels" not in keep:
         s.num_levels = levels
     if "sample.steps_per_level" not in keep:

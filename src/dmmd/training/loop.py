@@ -15,6 +15,7 @@ import torch
 
 from dmmd.config import Config, from_dict, to_json
 from dmmd.math.conditioning import drop_labels
+from dmmd.math.noising import time_grid
 from dmmd.methods.build import build_process
 from dmmd.methods.ddpm import ddpm_loss
 from dmmd.methods.flow_matching import fm_loss
@@ -105,6 +106,19 @@ def kept_penalty_gradient(parts, params: list[torch.Tensor], ctx: Context) -> li
     return cache
 
 
+def training_levels(cfg: Config, process, gen: torch.Generator) -> torch.Tensor:
+    """The N_n noise levels of one DMMD step (float64): uniform in [t_min, t_max], or with
+    train.levels = 'sampler_grid' drawn with replacement from the T levels the config's sampler
+    walks (sample.num_levels on sample.grid)."""
+    tc = cfg.train
+    if tc.levels == "sampler_grid":
+        grid = time_grid(process, cfg.sample.num_levels, cfg.sample.grid)
+        pick = torch.randint(len(grid), (tc.num_levels,), generator=gen, device=gen.device)
+        return grid.to(gen.device)[pick]
+    return process.t_min + (process.t_max - process.t_min) * torch.rand(
+        tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
+
+
 def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context = Context(),
                labels: torch.Tensor | None = None) -> dict:
     """One step of Algorithm 1; returns the loss terms as floats (skipped: {'skipped': term}).
@@ -128,8 +142,7 @@ def train_step(state: TrainState, train_data, process, cfg: Config, ctx: Context
         else:
             pair = dict(y=y[: tc.batch_size], y_prime=y[tc.batch_size:]) if y is not None else {}
             x, x_prime = batch[: tc.batch_size], batch[tc.batch_size:]
-            t_levels = process.t_min + (process.t_max - process.t_min) * torch.rand(
-                tc.num_levels, generator=gen, device=gen.device, dtype=torch.float64)
+            t_levels = training_levels(cfg, process, gen)
             fresh = reuse and (state.gp_cache is None or gp_weight(tc, state.step) > 0)
             parts = dmmd_loss_parts(state.model, x, x_prime, t_levels, process, tc.lambda_gp, tc.lambda_l2, gen, ctx,
                                     tc.gp_fraction, gp_scale=int(fresh) if reuse else gp_weight(tc, state.step),
