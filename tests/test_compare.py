@@ -51,6 +51,8 @@ def test_compare_is_fair_by_construction(tmp_path, capsys):
     assert all(r["sampling_cpu_s_per_1000"] > 0 for r in rows)
     assert len(result["verdict"]) == 2 and "At equal sampling CPU" in text
     assert "does the gap narrow with training?" in text and "partial" not in result and "Partial" not in text
+    log = (out / "dmmd" / "log.txt").read_text()  # the CPU budget stops training: no step count or ETA to show
+    assert "step " in log and "/1000000000" not in log and "ETA" not in log
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-3:-1] == result["verdict"] and printed[-3].startswith("NFE 2: lower ")
     # a second race into the same folder is refused before any compute, nothing overwritten

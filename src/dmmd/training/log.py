@@ -149,7 +149,9 @@ class RunLog:
         shown = "  ".join(f"{k} {terms.get(k + '_mean', v):.4g}" for k, v in terms.items()
                           if k != "grad_norm" and not k.endswith("_mean"))
         eta = _duration((self.total_steps - step) / rate) if math.isfinite(rate) and rate > 0 else "?"
-        self.line(f"step {step}/{self.total_steps}  {shown}  {rate:.1f} steps/s  ETA {eta}", echo=self.echo_intervals)
+        where = f"step {step}/{self.total_steps}" if self.total_steps else f"step {step}"  # 0: a time budget stops it
+        self.line(f"{where}  {shown}  {rate:.1f} steps/s" + (f"  ETA {eta}" if self.total_steps else ""),
+                  echo=self.echo_intervals)
         if self.board is not None:
             for key, value in terms.items():
                 self.board.add_scalar(f"train/{key}", value, step)

@@ -285,7 +285,8 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
     bar_on = bool(progress and ctx.is_main and bars_drawable())  # a bar on a terminal; plain lines otherwise
     if bar_on and echo is not None:  # lines printed above the bar (the held-out loss at checkpoints)
         echo = tqdm.write
-    log = RunLog(run_dir, echo, enabled=ctx.is_main, total_steps=cfg.train.steps, echo_intervals=not bar_on)
+    steps_bound = cfg.train.steps if max_seconds is None or cfg.train.steps < 10**9 else 0  # compare: the budget stops it
+    log = RunLog(run_dir, echo, enabled=ctx.is_main, total_steps=steps_bound, echo_intervals=not bar_on)
     if resume and (run_dir / ckpt.LATEST).is_file():
         remove_stale_temps(run_dir, ("checkpoints", "checkpoints/stats"))  # left by a kill during a write
         payload = ckpt.load(run_dir, map_location=device)
@@ -323,7 +324,7 @@ def _train(cfg: Config, train_data: torch.Tensor, run_dir: Path, resume: bool, p
         return value
 
     started, budget_start = time.time(), clock()
-    bar = tqdm(total=cfg.train.steps, initial=state.step, desc="train", disable=not bar_on, dynamic_ncols=True)
+    bar = tqdm(total=steps_bound or None, initial=state.step, desc="train", disable=not bar_on, dynamic_ncols=True)
     first_step = state.step
     interval: dict[str, list[float]] = {}  # each loss term's values since the last logged step
     while state.step < cfg.train.steps:
