@@ -108,3 +108,14 @@ def test_gap_by_point_and_a_partial_race(tmp_path):
     text = (tmp_path / "compare.md").read_text()
     assert "Partial" in text and "| 50 | 3.00 | 0.75 |" in text and "| fm | tuned | 50 (20) |" in text
     assert json.loads((tmp_path / "compare.json").read_text())["partial"] is True and written["verdict"] == []
+
+
+def test_compare_races_a_non_linear_kernel(tmp_path):
+    """An RBF kernel samples with the exact sampler against reference data (this failed after the
+    whole training budget before the reference rows were passed)."""
+    out = tmp_path / "rbf"
+    assert main(["compare", *TINY, "--set", "model.kernel=rbf", "--set", "sample.sampler=exact", "--set",
+                 "sample.num_reference=40", "--methods", "dmmd", "--nfe", "2", "--num-samples", "20", "--budget",
+                 "0.5", "--points", "1", "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["sampler"] == "exact" and r["metric"] == r["metric"] for r in rows)

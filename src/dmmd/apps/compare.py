@@ -43,7 +43,7 @@ from dmmd.evaluation.plotting import image_grid, save_samples_picture
 from dmmd.evaluation.report import eight_gaussians_scores, reconstruction_floor
 from dmmd.methods.build import build_model, build_process, flow_settings
 from dmmd.methods.latent import decode, for_config, latent_data
-from dmmd.methods.sample import calibrate, dmmd_split, needs_calibration, sample, settings_for_nfe
+from dmmd.methods.sample import calibrate, dmmd_split, needs_calibration, reference_rows, sample, settings_for_nfe
 from dmmd.methods.sample import nfe as evaluations
 from dmmd.runtime.checkpoint import atomic_write_bytes
 from dmmd.training.loop import train
@@ -143,7 +143,8 @@ def _sample_rows(method, cfg, model, stats, process, data, nfes, num_samples, se
                 stats = calibrate(model, c, model_data.train, process, stats, flow_settings(c.sample))
                 extra_cpu += time.process_time() - cpu
             cpu, wall = time.process_time(), time.time()
-            z = sample(model, c, stats, process, model_data.shape, num_samples, seed)
+            z = sample(model, c, stats, process, model_data.shape, num_samples, seed,
+                       reference=reference_rows(c, model_data.train))
             if to_pixels is not None:
                 z = to_pixels(z)
             cpu, wall = time.process_time() - cpu, time.time() - wall

@@ -35,7 +35,7 @@ from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.conditional import sample_labels, training_labels
 from dmmd.methods.latent import decode, encode_dataset, for_config, latent_data
 from dmmd.methods.resources import check_data_config, check_sampling, check_training
-from dmmd.methods.sample import calibrate, check_sampler, needs_calibration, nfe, settings_for_nfe
+from dmmd.methods.sample import calibrate, check_sampler, needs_calibration, nfe, reference_rows, settings_for_nfe
 from dmmd.methods.sample import nfe as evaluations
 from dmmd.methods.sample import sample as draw
 from dmmd.runtime.device import resolve_device, thread_guard
@@ -256,12 +256,9 @@ class Pipeline:
 
 
         process = build_process(cfg.process)
-        reference = None
+        reference = reference_rows(cfg, self.model_data.train)
+        reference = None if reference is None else reference.to(self.device)
         with thread_guard(0):  # torch's threads, or one when they would spin (torch imported first)
-            if cfg.sample.sampler == "exact" and cfg.model.kernel != "linear":
-                train_rows = self.model_data.train
-                pick = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0))
-                reference = train_rows[pick[: cfg.sample.num_reference]].to(self.device)
             if needs_calibration(self.model, cfg, self.stats):
                 settings = flow_settings(cfg.sample)
                 self.stats = calibrate(self.model, cfg, self.model_data.train.to(self.device), process, self.stats,

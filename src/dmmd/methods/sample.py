@@ -206,6 +206,15 @@ def _guide(labels: Tensor | None, s: SampleConfig, device) -> dict:
     return {} if labels is None else {"y": labels.to(device), "guidance": s.guidance}
 
 
+def reference_rows(cfg: Config, train: Tensor) -> Tensor | None:
+    """The data the exact sampler with a non-linear kernel attracts particles to: sample.num_reference
+    training rows in a fixed random order (seed 0); None for every other sampler."""
+    if cfg.sample.sampler != "exact" or cfg.model.kernel == "linear":
+        return None
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return train[pick[: cfg.sample.num_reference]]
+
+
 def sample(disc: Discriminator, cfg: Config, stats: dict, process: Process, shape: tuple[int, ...],
            num_samples: int, seed: int, reference: Tensor | None = None, start: int = 0,
            device: str | torch.device = "cpu", progress=None, known=None, labels: Tensor | None = None) -> Tensor:
