@@ -45,6 +45,36 @@ def tuned(compare: dict, method: str, point: float | None = None) -> dict:
             "train_cpu_s": run["train_cpu_s"], "steps": run["step"]}
 
 
+def rescore(folder: Path, budget: float, num_samples: int) -> None:
+    """Score a lever whose training finished (FOLDER/dmmd/checkpoints/final.pt) but whose scoring did
+    not (the exact sampler with an RBF kernel lacked its reference rows before commit 'compare: the
+    exact sampler ...'), as `dmmd compare` scores it; the steps and the budget come from the run's log."""
+    import re
+
+    import torch
+
+    from dmmd.apps.compare import _sample_rows, candidates
+    from dmmd.apps.compare_tables import write_tables
+    from dmmd.config import to_dict
+    from dmmd.data.datasets import load_dataset
+    from dmmd.methods.build import build_process, load_model
+
+    torch.set_num_threads(1)
+    cfg, model, stats, _ = load_model(folder / "dmmd")
+    data = load_dataset(cfg.data, cfg.seed)
+    select = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[:len(data.test)]]
+    rows, _, _, _ = _sample_rows("dmmd", cfg, model.eval().requires_grad_(False), stats, build_process(cfg.process),
+                                 data, (20, 100), num_samples, 0, 1.0, select)
+    steps = int(re.findall(r"reached at step (\d+)", (folder / "dmmd" / "log.txt").read_text())[-1])
+    for r in rows:
+        r.update(train_cpu_s=budget, train_step=steps)
+    write_tables(folder, {"data": data.name, "budget_cpu_s": budget, "points": [1.0], "num_samples": num_samples,
+                          "nfes": [20, 100], "backbone": to_dict(cfg)["model"], "batch_size": cfg.train.batch_size,
+                          "runs": {"dmmd": [{"point": 1.0, "step": steps, "train_cpu_s": budget}]}, "rows": rows,
+                          "candidates": {"dmmd": [label for label, _ in candidates("dmmd")]}, "latent": None,
+                          "reconstruction_floor": None, "rescored": "scored after training by pixel_levers.rescore"})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -67,6 +97,9 @@ def main(argv=None) -> int:
         command = ["dmmd", "compare", "--preset", "fashion_mnist", "--methods", "dmmd", "--budget", f"{args.budget:g}",
                    "--points", "1", "--nfe", "20,100", "--num-samples", str(args.num_samples), "--out", str(folder),
                    "--no-progress", "--set", f"seed={args.seed}"] + [a for s in sets for a in ("--set", s)]
+        if not (folder / "compare.json").exists() and (folder / "dmmd" / "checkpoints" / "final.pt").exists():
+            print("scoring the finished run in", folder, flush=True)
+            rescore(folder, args.budget, args.num_samples)
         if not (folder / "compare.json").exists():
             print("running", " ".join(command), flush=True)
             subprocess.run([sys.executable, "-m", "dmmd", *command[1:]], check=True)

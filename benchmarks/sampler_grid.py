@@ -29,7 +29,7 @@ from dmmd.data.datasets import load_dataset
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.flow_matching import sample as fm_sample
 from dmmd.methods.mmd_flow import ParticleNoise
-from dmmd.methods.sample import calibrate, needs_calibration, sample, settings_for_nfe
+from dmmd.methods.sample import calibrate, needs_calibration, reference_rows, sample, settings_for_nfe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                         stats = calibrate(disc, c, data.train, process, stats, flow_settings(c.sample))
                     replay = time.process_time() - cpu
                     cpu = time.process_time()
-                    z = sample(disc, c, stats, process, shape, args.num_samples, 0)
+                    z = sample(disc, c, stats, process, shape, args.num_samples, 0, reference=reference_rows(c, data.train))
                     cpu = time.process_time() - cpu
                     held = score(z, data)
                     rows.append({"nfe": nfe, "grid": grid, "T": levels, "Ns": steps, "factor": factor,
