@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--note", default="", help="printed under the table")
     args = parser.parse_args(argv)
     out = Path(args.out)
     race = json.loads(Path(args.fm).read_text())
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
                **tuned(json.loads((folder / "compare.json").read_text()), "dmmd")}
         rows.append(row)
         result = {"budget_cpu_s": args.budget, "seed": args.seed, "num_samples": args.num_samples, "fm": fm,
+                  "note": args.note,
                   "fm_from": args.fm, "rows": rows,
                   "command": "python benchmarks/pixel_levers.py " + " ".join(sys.argv[1:] if argv is None else argv)}
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def markdown(result: dict) -> str:
         c = {int(k): v for k, v in r["cpu_s_per_1000"].items()}
         lines.append(f"| {r['lever']} | {', '.join(r['sets']) or '-'} | {r['steps']} | {m[20]:.4g} ({s[20]}) | "
                      f"{m[100]:.4g} ({s[100]}) | {m[20] / f[20]:.2f} | {m[100] / f[100]:.2f} | {c[20]:.2g}, {c[100]:.2g} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + (["", result["note"]] if result.get("note") else [])) + "\n"
 
 
 if __name__ == "__main__":

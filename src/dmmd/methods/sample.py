@@ -108,8 +108,8 @@ def dmmd_split(nfe: int, levels: int = 0) -> tuple[int, int]:
     the paper's T = 10 levels of NFE / 10 steps (NFE levels of one step when NFE is not a multiple
     of 10); measured on digits (benchmarks/nfe_rule.py), at NFE 20, 20 x 1 beat 10 x 2 at every step
     size tried. levels = k > 0 (sample.nfe_levels): k levels of NFE / k steps when NFE is a multiple
-    of k, else the default rule; on Fashion-MNIST pixels 10 x 2 beat 20 x 1
-    (benchmarks/results/sampler_grid_fashion_mnist.md)."""
+    of k, else the default rule (on Fashion-MNIST pixels 10 x 2 beat 20 x 1 on a network trained
+    900 CPU-s and lost on one trained 3600: benchmarks/results/sampler_grid_fashion_mnist*.md)."""
     if levels > 0 and nfe % levels == 0:
         return levels, nfe // levels
     if nfe <= 20 or nfe % 10:
