@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dmmd.apps.compare import score
+from dmmd.apps.compare import score, selection_rows
 from dmmd.data.datasets import load_dataset
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.corrector import fm_predictor_corrector, level_targets
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     data = load_dataset(cfg_d.data, cfg_d.seed)
     shape = tuple(payload["data_shape"])
     process = build_process(cfg_d.process)
-    select = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[:len(data.test)]]
+    select = selection_rows(data)
     n = args.num_samples
     z0 = ParticleNoise(args.seed, n, shape).prior(process)  # N(0, I): the same draws for every sampler
     rows = []

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from dmmd import config
-    from dmmd.apps.compare import score
+    from dmmd.apps.compare import score, selection_rows
     from dmmd.data.datasets import load_dataset
     from dmmd.methods.build import build_process, flow_settings, load_model
     from dmmd.methods.sample import calibrate, needs_calibration, sample, settings_for_nfe
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         config.set_value(cfg, key.strip(), value.strip())
     data = load_dataset(cfg.data, cfg.seed)
     process = build_process(cfg.process)
-    selection = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[: len(data.test)]]
+    selection = selection_rows(data)
 
     def evaluate(c):
         nonlocal stats

@@ -53,7 +53,7 @@ def rescore(folder: Path, budget: float, num_samples: int) -> None:
 
     import torch
 
-    from dmmd.apps.compare import _sample_rows, candidates
+    from dmmd.apps.compare import _sample_rows, candidates, selection_rows
     from dmmd.apps.compare_tables import write_tables
     from dmmd.config import to_dict
     from dmmd.data.datasets import load_dataset
@@ -62,7 +62,7 @@ def rescore(folder: Path, budget: float, num_samples: int) -> None:
     torch.set_num_threads(1)
     cfg, model, stats, _ = load_model(folder / "dmmd")
     data = load_dataset(cfg.data, cfg.seed)
-    select = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[:len(data.test)]]
+    select = selection_rows(data)
     rows, _, _, _ = _sample_rows("dmmd", cfg, model.eval().requires_grad_(False), stats, build_process(cfg.process),
                                  data, (20, 100), num_samples, 0, 1.0, select)
     steps = int(re.findall(r"reached at step (\d+)", (folder / "dmmd" / "log.txt").read_text())[-1])

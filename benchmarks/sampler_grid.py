@@ -24,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from dmmd.apps.compare import score
+from dmmd.apps.compare import score, selection_rows
 from dmmd.data.datasets import load_dataset
 from dmmd.methods.build import build_process, flow_settings, load_model
-from dmmd.methods.flow_matching import sample as fm_sample
-from dmmd.methods.mmd_flow import ParticleNoise
 from dmmd.methods.sample import calibrate, needs_calibration, reference_rows, sample, settings_for_nfe
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from step_norm import fm_rows  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     factors = [float(v) for v in args.steps.split(",")]
     cfg, disc, stats, payload = load_model(args.run)
     data = load_dataset(cfg.data, cfg.seed)
-    select = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[:len(data.test)]]
+    select = selection_rows(data)
     shape, process = tuple(payload["data_shape"]), build_process(cfg.process)
     rows = []
     for nfe, pairs in splits.items():
@@ -93,15 +94,7 @@ def main(argv=None) -> int:
                     print(f"NFE {nfe:>3} {grid:>9} {levels:>3} x {steps:<3} step x{factor:g}: "
                           f"{held['metric']:.4g} (train {rows[-1]['train_metric']:.4g})", flush=True)
                     write(args, data, cfg, rows, [], partial=True)
-    fm = []
-    if args.fm:
-        _, net, _, fm_payload = load_model(args.fm)
-        z0 = ParticleNoise(0, args.num_samples, tuple(fm_payload["data_shape"])).prior(process)
-        for nfe in splits:
-            for method in ("euler", "heun"):
-                z = fm_sample(net, z0, nfe, method)
-                fm.append({"nfe": nfe, "sampler": method, "metric": score(z, data)["metric"],
-                           "train_metric": score(z, data, select, diversity=False)["metric"]})
+    fm = fm_rows(args.fm, list(splits), args.num_samples, process, data, select) if args.fm else []
     print(markdown(write(args, data, cfg, rows, fm, partial=False)))
     return 0
 

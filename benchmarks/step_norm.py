@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dmmd.apps.compare import score
+from dmmd.apps.compare import score, selection_rows
 from dmmd.data.datasets import load_dataset
 from dmmd.methods.build import build_process, flow_settings, load_model
 from dmmd.methods.flow_matching import sample as fm_sample
@@ -39,6 +39,20 @@ from dmmd.methods.sample import calibrate, needs_calibration, sample, settings_f
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def fm_rows(run, nfes, num_samples: int, process, data, select) -> list[dict]:
+    """Flow matching's Euler and Heun from a trained run at every NFE, from the same N(0, I) draws
+    (seed 0): held-out and training-subset (`select`) metrics, as `dmmd compare` scores them."""
+    _, net, _, payload = load_model(run)
+    z0 = ParticleNoise(0, num_samples, tuple(payload["data_shape"])).prior(process)
+    rows = []
+    for nfe in nfes:
+        for method in ("euler", "heun"):
+            z = fm_sample(net, z0, nfe, method)
+            rows.append({"nfe": nfe, "sampler": method, "metric": score(z, data)["metric"],
+                         "train_metric": score(z, data, select, diversity=False)["metric"]})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -60,8 +74,7 @@ def main(argv=None) -> int:
         cfg, disc, stats, payload = load_model(run)
         if data is None:
             data = load_dataset(cfg.data, cfg.seed)
-            select = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[
-                :len(data.test)]]
+            select = selection_rows(data)
         shape, process = tuple(payload["data_shape"]), build_process(cfg.process)
         variants = [("fixed", cfg.sample.step_size)] + [("gradient", r) for r in r0s]
         for norm, size in variants:
@@ -82,15 +95,7 @@ def main(argv=None) -> int:
                              "cpu_s_per_1000": 1000 * cpu / args.num_samples})
                 print(f"{Path(run).name} {norm:>8} r0 {size:<6g} NFE {nfe:>3}: {held['metric']:.3g} "
                       f"(train {rows[-1]['train_metric']:.3g})", flush=True)
-    fm = []
-    if args.fm:
-        _, net, _, payload = load_model(args.fm)
-        z0 = ParticleNoise(0, args.num_samples, tuple(payload["data_shape"])).prior(process)
-        for nfe in nfes:
-            for method in ("euler", "heun"):
-                z = fm_sample(net, z0, nfe, method)
-                fm.append({"nfe": nfe, "sampler": method, "metric": score(z, data)["metric"],
-                           "train_metric": score(z, data, select, diversity=False)["metric"]})
+    fm = fm_rows(args.fm, nfes, args.num_samples, process, data, select) if args.fm else []
     def mean_log(r0):
         vals = [r["train_metric"] for r in rows if r["norm"] == "gradient" and r["r0"] == r0]
         return sum(math.log(v) if v > 0 and math.isfinite(v) else 50.0 for v in vals) / len(vals)

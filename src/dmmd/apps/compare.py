@@ -46,7 +46,7 @@ from dmmd.methods.latent import decode, for_config, latent_data
 from dmmd.methods.sample import calibrate, dmmd_split, needs_calibration, reference_rows, sample, settings_for_nfe
 from dmmd.methods.sample import nfe as evaluations
 from dmmd.runtime.checkpoint import atomic_write_bytes
-from dmmd.training.loop import train
+from dmmd.training.loop import UNBOUNDED_STEPS, train
 
 METHODS = ("dmmd", "ddpm", "fm")
 DIVERSITY_TRAIN = 10000  # training points of the nearest-training figure (all 60000 in 784-D: minutes a cell)
@@ -103,6 +103,12 @@ def score(z: torch.Tensor, data: Dataset, reference: torch.Tensor | None = None,
         out.update(eight_gaussians_scores(z))
     return {"metric_name": "FD (raw)", "metric": frechet_distance(flat, ref), "energy": energy_distance(flat, ref),
             **out}
+
+
+def selection_rows(data: Dataset) -> torch.Tensor:
+    """The training subset sampler settings are chosen on: as many training rows as held-out ones,
+    in a fixed random order (seed 1)."""
+    return data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[: len(data.test)]]
 
 
 def _sampler_config(cfg: config_mod.Config, nfe: int, change: dict) -> config_mod.Config:
@@ -180,8 +186,7 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
         raise ValueError("budget must be > 0 and every point in (0, 1]")
     out.mkdir(parents=True, exist_ok=True)
     process = build_process(cfg.process)
-    selection_ref = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[
-        : len(data.test)]]
+    selection_ref = selection_rows(data)
     model_data, to_pixels, floor = data, None, None
     if cfg.model.latent:
         cfg = copy.deepcopy(cfg)
@@ -204,7 +209,7 @@ def run_compare(cfg: config_mod.Config, data: Dataset, out: Path, nfes=(10, 20, 
     try:
         for method in methods:
             c = method_config(cfg, method)
-            c.train.steps, c.train.threads, c.train.best_by = 10**9, 1, "none"  # the budget stops training
+            c.train.steps, c.train.threads, c.train.best_by = UNBOUNDED_STEPS, 1, "none"  # the budget stops training
             spent_cpu, spent_wall, steps = 0.0, 0.0, []
             reserve = end_of_training_cpu(c, model_data, process)  # counted in the budget at every point
             for point in sorted(points):
