@@ -33,6 +33,10 @@ def corpus(tmp_path_factory):
     payload = torch.load(final, weights_only=True)
     payload["version"] = 99
     torch.save(payload, root / "future.pt")
+    payload = torch.load(final, weights_only=True)
+    name = next(k for k, v in payload["ema"].items() if v.is_floating_point())
+    payload["ema"][name] = torch.full_like(payload["ema"][name], float("nan"))
+    torch.save(payload, root / "nan_weights.pt")
 
     class Evil:
         def __reduce__(self):
@@ -94,6 +98,7 @@ CASES = {
     "truncated checkpoint": (["sample", "--checkpoint", "{root}/truncated.pt"], "truncated.pt is not a readable checkpoint"),
     "foreign checkpoint": (["sample", "--checkpoint", "{root}/foreign.pt"], "is not a dmmd checkpoint"),
     "future version": (["sample", "--checkpoint", "{root}/future.pt"], "format version 99"),
+    "NaN weights": (["sample", "--checkpoint", "{root}/nan_weights.pt"], "holds NaN or inf in"),
     "code-running checkpoint": (["sample", "--checkpoint", "{root}/evil.pt"], "refused by the safe loader"),
     "approx on rbf": (["sample", "--checkpoint", "{root}/rbf", "--sampler", "approx"], "approx.*linear"),
     "kale on mmd": (["sample", "--checkpoint", "{root}/run", "--sampler", "kale"], "trained with model.objective = 'kale'"),

@@ -63,3 +63,11 @@ def test_bad_files(tmp_path):
         config.load(unknown)
     with pytest.raises(ConfigError, match="cannot read config file"):
         config.load(tmp_path / "missing.toml")
+
+
+def test_runs_written_before_calibration_rows_calibrate_on_every_row():
+    from dmmd.config import Config, stored_run
+
+    assert stored_run(Config(), {"sample": {"num_levels": 10}}).sample.calibration_rows == 0
+    assert stored_run(Config(), {"sample": {"calibration_rows": 500}}).sample.calibration_rows == Config().sample.calibration_rows
+    assert stored_run(Config()).sample.calibration_rows == 10000  # a config file: the default

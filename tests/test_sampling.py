@@ -335,3 +335,40 @@ def test_exact_population_sum_taken_once_per_step():
     finally:
         torch.Tensor.sum = original
     assert len(sums) == 6  # 2 levels x 3 steps, with 5 chunks per step
+
+
+def test_calibration_averages_over_a_fixed_random_subset_of_rows():
+    """sample.calibration_rows = k: mu_data(t) is the mean over k rows in seed-0 random order (not the
+    first k, which in a sorted file would be one class); 0 or k >= N: every row."""
+    from dmmd.config import Config
+    from dmmd.methods.sample import calibrate, calibration_subset
+
+    disc = small_disc("linear", dtype=torch.float32)
+    cfg = Config()
+    cfg.sample.num_levels, cfg.sample.steps_per_level, cfg.sample.replay_particles = 3, 1, 50
+    train = torch.cat([torch.zeros(100, 2), torch.ones(100, 2)])  # sorted: the first 60 rows are all zeros
+    cfg.sample.calibration_rows = 60
+    sub, _ = calibration_subset(train, None, 60)
+    assert sub.shape == (60, 2) and 0 < sub[:, 0].sum() < 60  # both halves drawn
+    assert torch.equal(calibration_subset(train, None, 60)[0], sub)  # the same rows every time
+    grid = torch.tensor([1.0, 0.5005, 0.001], dtype=torch.float64)
+    stats = calibrate(disc, cfg, train, PROCESS)
+    torch.testing.assert_close(stats["data_mean"], level_features(disc, sub, grid))
+    assert not torch.allclose(stats["data_mean"], level_features(disc, train, grid))
+    for rows in (0, 200, 500):
+        cfg.sample.calibration_rows = rows
+        torch.testing.assert_close(calibrate(disc, cfg, train, PROCESS)["data_mean"], level_features(disc, train, grid))
+
+
+def test_calibration_subset_keeps_every_class_or_takes_all_rows():
+    from dmmd.methods.sample import calibration_subset
+
+    train = torch.arange(100.0).view(100, 1)
+    labels = torch.zeros(100, dtype=torch.long)
+    labels[:50] = 1
+    sub, sub_labels = calibration_subset(train, labels, 20)
+    assert sub.shape == (20, 1) and torch.equal(sub_labels, labels[sub[:, 0].long()])
+    drawn = set(sub[:, 0].long().tolist())
+    labels[min(set(range(100)) - drawn)] = 2  # a class of one row, outside the subset
+    sub, sub_labels = calibration_subset(train, labels, 20)
+    assert sub is train and sub_labels is labels

@@ -56,7 +56,7 @@ POSITIVE = {"data.num_points", "data.image_size", "data.crop_size", "data.worker
             "process.beta_min", "process.blur_max_width"}
 NON_NEGATIVE = {"train.threads", "train.lambda_gp", "train.lambda_l2", "train.grad_clip", "sample.inject", "sample.renoise",
                 "model.rq_dot_weight", "process.blur_noise_std", "seed",
-                "sample.kernel_step_size", "sample.ddim_eta", "sample.step_size_power", "model.num_classes", "sample.nfe_levels",
+                "sample.kernel_step_size", "sample.calibration_rows", "sample.ddim_eta", "sample.step_size_power", "model.num_classes", "sample.nfe_levels",
                 "sample.guidance", "model.pixel_features"}
 UNIT_INTERVAL = {"train.ema_decay", "train.beta1", "train.beta2"}
 POSITIVE |= {"autoencoder.latent_dim", "autoencoder.steps", "autoencoder.batch_size", "autoencoder.lr",
@@ -149,12 +149,16 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
-def stored_run(cfg: Config) -> Config:
+def stored_run(cfg: Config, tree: dict | None = None) -> Config:
     """The config of a run that training wrote (its config.json or checkpoint), in place: training
     records the map an array file was scaled with, so an "auto" there comes from a run made before
-    data.scale existed, which used the file's values as they are ("none")."""
+    data.scale existed, which used the file's values as they are ("none"). tree: the stored sections
+    (a checkpoint's); a run written before sample.calibration_rows existed calibrates on all rows, as
+    it did, so statistics it makes on demand match its stored ones."""
     if cfg.data.name == "file" and cfg.data.scale == "auto":
         cfg.data.scale = "none"
+    if tree is not None and "calibration_rows" not in (tree.get("sample") or {}):
+        cfg.sample.calibration_rows = 0
     return cfg
 
 

@@ -118,6 +118,7 @@ class SampleConfig:
     chunk_size: int = 1024  # particles per forward/backward chunk (bounds memory)
     num_reference: int = 2000  # exact sampler, non-linear kernels: data points used as reference
     replay_particles: int = 2000  # population of the exact run that reading (c) replays
+    calibration_rows: int = 10000  # training rows (a fixed random subset) the level statistics average over; 0 = all
     num_steps: int = 100  # ddpm/ddim/euler/heun: network evaluations (NFE; heun takes (NFE + 1) // 2 steps)
     ddim_eta: float = 0.0  # ddim: 0 deterministic, 1 = ancestral
     step_size_power: float = 0.7  # --nfe N for DMMD: eta = step_size (steps_per_level / N_s)^power (num_levels / T) for the new T x N_s (gradient steps: sqrt(num_levels / T))

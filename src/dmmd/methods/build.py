@@ -39,7 +39,7 @@ def load_model(path, device: str | torch.device = "cpu"):
     path = ckpt.resolve(path)  # once: `latest` may move on while training runs
     payload = ckpt.load(path, map_location=device)
     try:
-        cfg = stored_run(from_dict(payload["config"]))
+        cfg = stored_run(from_dict(payload["config"]), payload["config"])
     except (ConfigError, TypeError, KeyError) as err:
         raise ckpt.CheckpointError(f"checkpoint config is not valid for this dmmd: {err}") from None
     shape = tuple(payload.get("data_shape") or ())

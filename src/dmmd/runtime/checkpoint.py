@@ -163,6 +163,9 @@ def _tensor_dict(payload: dict, key: str, path) -> None:
     for name, tensor in value.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise _fail(path, f"field {key!r} must map names to tensors, found {name!r}: {_kind(tensor)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _fail(path, f"field {key!r} holds NaN or inf in {name[:80]!r}: its training diverged or the file "
+                              "is corrupt; use an earlier checkpoint of the run")
 
 
 def config_tree(value, path) -> dict:
