@@ -27,6 +27,7 @@ from dmmd.config import ConfigError
 from dmmd.methods import resources
 from dmmd.methods.build import build_model
 from dmmd.runtime import runfolder
+from dmmd.runtime.checkpoint import CheckpointError
 from dmmd.runtime.memory import ResourceError
 from dmmd.runtime.runfolder import RunFolderError
 
@@ -155,8 +156,8 @@ def _cases() -> list[Case]:
         Case("sample step_size='a'", sample(step_size="a"), ConfigError, r"sample.step_size"),
         Case("sample unknown setting", sample(steps=3), ConfigError, r"unknown sample settings"),
         Case("sample step_size=1e30", sample(n=20, step_size=1e30), RuntimeWarning, r"^20 of 20 samples hold NaN"),
-        Case("sample of NaN weights", lambda e, t: dmmd.Pipeline.from_run(e["root"] / "nan_weights.pt", "cpu")
-             .sample(5), RuntimeWarning, r"^5 of 5 samples hold NaN"),
+        Case("load NaN weights", lambda e, t: dmmd.Pipeline.from_run(e["root"] / "nan_weights.pt", "cpu"),
+             CheckpointError, r"holds NaN or inf in"),
         Case("from_run path=5", lambda e, t: dmmd.Pipeline.from_run(5), ConfigError, r"^path must be a path"),
         Case("from_run device=5", lambda e, t: dmmd.Pipeline.from_run(e["run"], 5), ConfigError,
              r"^device must be a string"),
@@ -182,7 +183,8 @@ def _cases() -> list[Case]:
         Case("save_picture onto the user's data", lambda e, t: e["pipe"].save_picture(
             x(), e["root"] / "user_data.npz"), RunFolderError, r"does not overwrite"),
         Case("save_picture onto the run's own checkpoint file input", lambda e, t: dmmd.Pipeline.from_run(
-            e["root"] / "nan_weights.pt", "cpu").save_picture(x(), e["root"] / "nan_weights.pt"), RunFolderError,
+            e["run"] / "checkpoints" / "final.pt", "cpu").save_picture(x(), e["run"] / "checkpoints" / "final.pt"),
+             RunFolderError,
              r"also an input|does not overwrite"),
         Case("save_picture onto a folder", lambda e, t: e["pipe"].save_picture(x(), e["root"] / "user_folder"),
              RunFolderError, r"existing folder"),
@@ -215,7 +217,7 @@ def _cases() -> list[Case]:
         Case("inpaint with step 1e30", lambda e, t: _inpaint(e, t, configure=_big_step), RuntimeWarning,
              r"^6 of 6 completions hold NaN"),
         Case("inpaint with NaN weights", lambda e, t: _inpaint(e, t, checkpoint=e["root"] / "nan_weights.pt"),
-             RuntimeWarning, r"^6 of 6 completions hold NaN"),
+             CheckpointError, r"holds NaN or inf in"),
     ]
     if hasattr(resources, "MAX_NFE"):  # the NFE bound of `dmmd sample --nfe`
         cases.append(Case("sample nfe=10^9", sample(nfe=10**9), ResourceError, r"network evaluations"))
