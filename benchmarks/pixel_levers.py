@@ -6,7 +6,7 @@ candidates chosen on a training subset, FD-fashion on held-out data at NFE 20 an
 samples), so every row is comparable with flow matching's row of a `dmmd compare` race on the
 same preset (--fm RACE/compare.json, scored at the same budget; its DMMD row is the preset's). Levers run one after another
 into OUT/<lever>/ and are skipped when their compare.json exists (the script resumes); the table
-is rewritten after each.
+is rewritten after each, keeping the rows of levers an earlier invocation raced against the same --fm race.
 
     python benchmarks/pixel_levers.py --out DIR --fm RACE/compare.json [--levers preset,cheap_step] [--seed 0]
 
@@ -32,6 +32,9 @@ LEVERS = {
     "grid_levels": (["train.levels=sampler_grid", "sample.nfe_levels=10"],
                     "training levels drawn from the sampler's 10 levels; --nfe on those levels"),
     "log_snr": (["sample.grid=log_snr"], "sampling levels evenly in log SNR"),
+    "gp10": (["train.lambda_gp=10"], "a ten times stronger gradient penalty (WGAN-GP's weight)"),
+    "features256": (["model.feature_dim=256", "model.pixel_features=64"],
+                    "twice the features, pixel features included: the linear kernel matches more moments"),
 }
 
 
@@ -85,6 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--set", action="append", default=[], dest="extra",
+                        help="KEY=VALUE for every lever of this invocation (e.g. sample.calibration_rows=0, the race's "
+                             "calibration), shown with the lever's keys")
     parser.add_argument("--note", default="", help="printed under the table")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -92,8 +98,14 @@ def main(argv=None) -> int:
     fm = tuned(race, "fm", args.fm_point)
     rows = [{"lever": "preset", "what": "the fashion_mnist preset as it ships (DMMD of the same race)", "sets": [],
              "command": "(the race)", **tuned(race, "dmmd", args.fm_point)}]
+    page = RESULTS / f"levers_fashion_pixel{args.tag}.json"
+    earlier = json.loads(page.read_text()) if page.exists() else {}
+    if earlier.get("fm_from") == args.fm:  # levers of earlier invocations against the same race stay on the page
+        asked = set(args.levers.split(","))
+        rows += [r for r in earlier["rows"] if r["lever"] not in asked | {"preset"}]
     for name in args.levers.split(","):
         sets, what = LEVERS[name]
+        sets = sets + args.extra
         folder = out / name
         command = ["dmmd", "compare", "--preset", "fashion_mnist", "--methods", "dmmd", "--budget", f"{args.budget:g}",
                    "--points", "1", "--nfe", "20,100", "--num-samples", str(args.num_samples), "--out", str(folder),

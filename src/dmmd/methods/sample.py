@@ -62,7 +62,7 @@ def calibration_subset(train: Tensor, labels: Tensor | None, rows: int) -> tuple
     """The training rows the level statistics average over: `rows` of them in a fixed random order
     (seed 0, so the subset does not follow a sorted file's classes), or all when rows is 0 or at
     least their number. Measured on Fashion-MNIST pixels (benchmarks/results/calibration_rows.md):
-    10000 of the 60000 rows give FD-fashion within 0.3 of all rows' at a quarter of the CPU or less.
+    10000 of the 60000 rows gave FD-fashion within 0.2 of all rows' at a seventh to a quarter of the CPU.
     A conditional model's subset must hold every class of the labels; otherwise all rows are used.
     """
     if rows <= 0 or rows >= len(train):
