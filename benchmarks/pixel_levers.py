@@ -33,6 +33,7 @@ LEVERS = {
                     "training levels drawn from the sampler's 10 levels; --nfe on those levels"),
     "log_snr": (["sample.grid=log_snr"], "sampling levels evenly in log SNR"),
     "gp10": (["train.lambda_gp=10"], "a ten times stronger gradient penalty (WGAN-GP's weight)"),
+    "lr5e-4": (["train.lr=5e-4"], "a 2.5x higher learning rate (DMMD makes a fifth of flow matching's steps)"),
     "features256": (["model.feature_dim=256", "model.pixel_features=64"],
                     "twice the features, pixel features included: the linear kernel matches more moments"),
 }
